@@ -1,0 +1,1 @@
+"""ComfyUI custom node pack: Edit-Your-Motion one-shot video motion editing."""

@@ -1,0 +1,1 @@
+"""Edit-Your-Motion engine: plain torch + diffusers, no ComfyUI import."""

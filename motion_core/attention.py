@@ -1,0 +1,224 @@
+"""Frame-aware attention for the inflated UNet.
+
+* :func:`kv_frame_indices` says which frames each frame's spatial self-attention reads its keys and
+  values from (the RC-Attn modes of METHOD.md).
+* :class:`AttentionPlan` turns those indices into row indices over the flattened ``(groups * frames)``
+  batch, optionally with the two-branch K/V injection, once per UNet call.
+* :class:`FrameAttnProcessor` is the diffusers attention processor installed on every ``attn1``: it
+  projects Q/K/V once for all frames, gathers K/V rows by index and runs ONE batched
+  scaled-dot-product attention per row group (one group normally, two while injecting).
+* :class:`TemporalAttention` is the layer added after the feed-forward of every transformer block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
+from einops import rearrange
+from torch import nn
+
+from .errors import InputError
+
+ATTENTION_MODES = ("rc", "bidirectional", "sparse_causal", "self")
+INJECTION_MODES = ("concat", "balanced")
+UNET_PARTS = ("down", "mid", "up")
+
+
+def kv_frame_indices(num_frames: int, mode: str = "rc") -> torch.Tensor:
+    """Frames whose keys/values frame ``i`` attends to, as a ``(n, m)`` long tensor.
+
+    ``rc``: ``[p(i), i]`` with ``p(i) = i - 1`` and ``p(0) = n - 1`` (Edit-Your-Motion v1).
+    ``bidirectional``: ``[i-1, i+1]``, first frame ``[0, 1]``, last ``[n-2, n-1]`` (later version).
+    ``sparse_causal``: ``[0, i-1]``, frame 0 ``[0, 0]`` (Tune-A-Video).
+    ``self``: ``[i]``. With ``n == 1`` every mode is ``self``.
+    """
+    if mode not in ATTENTION_MODES:
+        raise InputError(f"attention mode must be one of {', '.join(ATTENTION_MODES)}; got {mode!r}")
+    if num_frames < 1:
+        raise InputError(f"num_frames must be >= 1; got {num_frames}")
+    i = torch.arange(num_frames)
+    if num_frames == 1 or mode == "self":
+        return i[:, None]
+    if mode == "rc":
+        return torch.stack([(i - 1) % num_frames, i], dim=1)
+    if mode == "sparse_causal":
+        return torch.stack([torch.zeros_like(i), (i - 1).clamp(min=0)], dim=1)
+    # bidirectional
+    prev, nxt = i - 1, i + 1
+    first, last = i == 0, i == num_frames - 1
+    prev = torch.where(first, torch.zeros_like(i), torch.where(last, i - 1, prev))
+    nxt = torch.where(first, torch.ones_like(i), torch.where(last, i, nxt))
+    return torch.stack([prev, nxt], dim=1)
+
+
+@dataclass
+class RowGroup:
+    """Rows ``[start, stop)`` of the batch attend to the K/V rows ``kv_rows`` (``(rows, m)``).
+
+    ``block_bias`` (``(rows, m)`` or None) is added to the attention logits of each K/V block.
+    """
+
+    start: int
+    stop: int
+    kv_rows: torch.Tensor
+    block_bias: torch.Tensor | None = None
+
+
+@dataclass
+class AttentionPlan:
+    """Which K/V rows every query row of a UNet call attends to.
+
+    The batch is ``num_groups`` groups of ``num_frames`` frames each (frames on the batch axis).
+    ``inject`` maps an editing group to the reconstruction group it reads extra K/V from; editing
+    groups must come after all the others, so every row group is a contiguous slice.
+    """
+
+    num_frames: int
+    mode: str = "rc"
+    num_groups: int = 1
+    inject: dict[int, int] = field(default_factory=dict)
+    injection: str = "concat"
+    base: list[RowGroup] = field(init=False)
+    injected: list[RowGroup] = field(init=False)
+
+    def __post_init__(self):
+        if self.injection not in INJECTION_MODES:
+            raise InputError(f"kv_injection must be one of {', '.join(INJECTION_MODES)}; got {self.injection!r}")
+        n, g = self.num_frames, self.num_groups
+        idx = kv_frame_indices(n, self.mode)  # (n, m)
+        offsets = (torch.arange(g) * n)[:, None, None]
+        all_rows = (idx[None] + offsets).reshape(g * n, -1)
+        self.base = [RowGroup(0, g * n, all_rows)]
+        self.is_self = idx.shape[1] == 1 and n >= 1 and bool((idx[:, 0] == torch.arange(n)).all())
+        if not self.inject:
+            self.injected = self.base
+            return
+        edit_groups = sorted(self.inject)
+        first_edit = edit_groups[0]
+        if edit_groups != list(range(first_edit, g)):
+            raise ValueError("editing groups must be the last groups of the batch")
+        plain = RowGroup(0, first_edit * n, all_rows[: first_edit * n]) if first_edit else None
+        own = all_rows[first_edit * n :].view(len(edit_groups), n, -1)
+        src = torch.stack([torch.arange(n) + self.inject[e] * n for e in edit_groups])  # (E, n)
+        rows = torch.cat([own, src[..., None]], dim=2).reshape(len(edit_groups) * n, -1)
+        bias = None
+        if self.injection == "balanced":
+            # The reconstruction's frame i shares the attention weight of the editing branch's own
+            # frame i: with c copies of frame i among the own blocks, each of the c + 1 blocks gets
+            # log(c / (c + 1)). Identical branches then give identical outputs (see sampler docs).
+            own_is_i = (idx == torch.arange(n)[:, None]).float()  # (n, m)
+            c = own_is_i.sum(dim=1, keepdim=True)
+            share = torch.where(c > 0, torch.log(c.clamp(min=1) / (c + 1)), torch.zeros_like(c))
+            frame_bias = torch.cat([own_is_i * share, share], dim=1)  # (n, m + 1)
+            bias = frame_bias.repeat(len(edit_groups), 1)
+        edit = RowGroup(first_edit * n, g * n, rows, bias)
+        self.injected = [grp for grp in (plain, edit) if grp is not None]
+
+    def to(self, device: torch.device) -> "AttentionPlan":
+        for grp in {id(x): x for x in self.base + self.injected}.values():
+            grp.kv_rows = grp.kv_rows.to(device)
+            if grp.block_bias is not None:
+                grp.block_bias = grp.block_bias.to(device)
+        return self
+
+
+def planned_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int, groups: list[RowGroup], is_self: bool
+) -> torch.Tensor:
+    """Attention of ``query`` rows over gathered ``key``/``value`` rows, one SDPA call per group.
+
+    All tensors are ``(rows, tokens, channels)``; returns ``(rows, tokens, channels)``.
+    """
+    rows, tokens, channels = query.shape
+    head_dim = channels // heads
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], -1, heads, head_dim).transpose(1, 2)
+
+    if is_self:
+        out = F.scaled_dot_product_attention(split(query), split(key), split(value))
+        return out.transpose(1, 2).reshape(rows, tokens, channels)
+
+    outs = []
+    for grp in groups:
+        n_rows, m = grp.kv_rows.shape
+        flat = grp.kv_rows.reshape(-1)
+        k = key.index_select(0, flat).view(n_rows, m * key.shape[1], channels)
+        v = value.index_select(0, flat).view(n_rows, m * value.shape[1], channels)
+        mask = None
+        if grp.block_bias is not None:
+            mask = grp.block_bias.to(query.dtype).repeat_interleave(key.shape[1], dim=1)[:, None, None, :]
+        q = query[grp.start : grp.stop]
+        o = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
+        outs.append(o.transpose(1, 2).reshape(n_rows, tokens, channels))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+
+
+@dataclass
+class FrameContext:
+    """Per-call state shared by every processor and temporal layer of one inflated UNet.
+
+    It is set at the start of each UNet call and left in place afterwards, so that gradient
+    checkpointing recomputes the forward pass with the same frame layout during backward.
+    """
+
+    num_frames: int = 1
+    plan: AttentionPlan | None = None
+    inject_parts: frozenset = frozenset()
+
+
+class FrameAttnProcessor:
+    """diffusers attention processor for ``attn1``: RC-Attn and its K/V-injected variant."""
+
+    def __init__(self, context: FrameContext, part: str):
+        self.context = context
+        self.part = part
+
+    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        if encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3:
+            raise RuntimeError("FrameAttnProcessor is for spatial self-attention (attn1) of transformer blocks only")
+        residual = hidden_states
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        plan = self.context.plan
+        if plan is None or plan.num_frames * plan.num_groups != hidden_states.shape[0]:
+            raise RuntimeError(
+                f"the UNet was called with {hidden_states.shape[0]} frames in the batch but its frame "
+                "context does not match; call it through MotionModel.predict"
+            )
+        groups = plan.injected if self.part in self.context.inject_parts else plan.base
+        out = planned_attention(query, key, value, attn.heads, groups, plan.is_self and groups is plan.base)
+        out = attn.to_out[1](attn.to_out[0](out.to(query.dtype)))
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+class TemporalAttention(nn.Module):
+    """LayerNorm + self-attention across frames at each spatial position, residual.
+
+    The output projection starts at zero, so a freshly inflated model equals the image model.
+    """
+
+    def __init__(self, dim: int, heads: int, head_dim: int, context: FrameContext):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = Attention(query_dim=dim, heads=heads, dim_head=head_dim, bias=False, out_bias=True)
+        nn.init.zeros_(self.attn.to_out[0].weight)
+        nn.init.zeros_(self.attn.to_out[0].bias)
+        # Not a submodule: the context is shared state, not weights.
+        object.__setattr__(self, "context", context)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        f = self.context.num_frames
+        tokens = hidden_states.shape[1]
+        h = rearrange(hidden_states, "(b f) d c -> (b d) f c", f=f)
+        h = self.attn(self.norm(h))
+        return hidden_states + rearrange(h, "(b d) f c -> (b f) d c", d=tokens)
+

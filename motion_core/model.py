@@ -1,0 +1,282 @@
+"""The video diffusion model: an inflated SD1.5-style diffusers UNet plus a frozen ControlNet.
+
+Frames live on the batch axis. A batch holds ``groups * num_frames`` frames (one group per clip or
+branch); the frame count is given on every call.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from diffusers import ControlNetModel, UNet2DConditionModel
+from diffusers.models.attention import BasicTransformerBlock
+from torch import nn
+
+from .attention import ATTENTION_MODES, UNET_PARTS, AttentionPlan, FrameAttnProcessor, FrameContext, TemporalAttention
+from .errors import InputError, ModelError
+
+#: Noise schedule of Stable Diffusion 1.5 (its ``scheduler_config.json``).
+SD15_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
+SD15_LATENT_SCALE = 0.18215
+SD15_BLOCK_OUT_CHANNELS = (320, 640, 1280, 1280)
+SD15_CROSS_ATTENTION_DIM = 768
+
+TEMPORAL_KEY = "temporal_attention"
+
+
+def unet_part(name: str) -> str:
+    """'down', 'mid' or 'up' for a module name inside the UNet."""
+    for part in UNET_PARTS:
+        if name.startswith(f"{part}_block"):
+            return part
+    raise ValueError(f"{name} is in no UNet part")
+
+
+def validate_unet(unet) -> None:
+    """Raise ModelError unless ``unet`` is shaped like SD1.5 (any channel width)."""
+    if not isinstance(unet, UNet2DConditionModel):
+        raise ModelError(
+            f"the model must be a diffusers UNet2DConditionModel of Stable Diffusion 1.5; got {type(unet).__name__}"
+        )
+    cfg = unet.config
+    problems = []
+    if cfg.in_channels != 4 or cfg.out_channels != 4:
+        problems.append(f"it has {cfg.in_channels} input channels (an inpainting or instruct model?); SD1.5 has 4")
+    if cfg.addition_embed_type is not None or cfg.class_embed_type is not None:
+        problems.append("it has extra (SDXL-style) conditioning embeddings")
+    if cfg.use_linear_projection:
+        problems.append("it uses linear projections in its transformers (an SD2.x model?)")
+    tl = cfg.transformer_layers_per_block
+    if (tl if isinstance(tl, int) else max(tl)) != 1:
+        problems.append("it has several transformer layers per block (an SDXL model?)")
+    if not any(isinstance(m, BasicTransformerBlock) for m in unet.modules()):
+        problems.append("it has no cross-attention transformer blocks")
+    if problems:
+        raise ModelError(
+            "this is not a Stable Diffusion 1.5 UNet: " + "; ".join(problems) + ". Load an SD1.5 checkpoint."
+        )
+
+
+def is_full_size_sd15(unet: UNet2DConditionModel) -> bool:
+    cfg = unet.config
+    return tuple(cfg.block_out_channels) == SD15_BLOCK_OUT_CHANNELS and cfg.cross_attention_dim == SD15_CROSS_ATTENTION_DIM
+
+
+def validate_controlnet(controlnet, unet: UNet2DConditionModel) -> None:
+    """Raise ModelError unless ``controlnet`` is an RGB-conditioned ControlNet matching ``unet``."""
+    if not isinstance(controlnet, ControlNetModel):
+        raise ModelError(
+            f"the ControlNet must be a diffusers ControlNetModel (openpose, SD1.5); got {type(controlnet).__name__}"
+        )
+    cc, uc = controlnet.config, unet.config
+    if cc.conditioning_channels != 3:
+        raise ModelError(
+            f"the ControlNet takes {cc.conditioning_channels}-channel hints; an openpose ControlNet takes RGB pose images. "
+            "Load control_v11p_sd15_openpose (or another SD1.5 openpose ControlNet)."
+        )
+    if tuple(cc.block_out_channels) != tuple(uc.block_out_channels) or cc.cross_attention_dim != uc.cross_attention_dim:
+        raise ModelError(
+            f"the ControlNet (channels {tuple(cc.block_out_channels)}, text dim {cc.cross_attention_dim}) does not fit the UNet "
+            f"(channels {tuple(uc.block_out_channels)}, text dim {uc.cross_attention_dim}); use an SD1.5 ControlNet with an SD1.5 checkpoint."
+        )
+    if cc.addition_embed_type is not None:
+        raise ModelError("the ControlNet is an SDXL ControlNet; use an SD1.5 openpose ControlNet.")
+
+
+def _temporal_hook(block, args, output):
+    return block.temporal_attention(output)
+
+
+def inflate_unet(unet: UNet2DConditionModel, context: FrameContext) -> UNet2DConditionModel:
+    """Turn an image UNet into a video UNet, in place.
+
+    Adds a zero-initialised :class:`TemporalAttention` after the feed-forward of every transformer
+    block (as ``<block>.temporal_attention``; base weight names are unchanged) and installs
+    :class:`FrameAttnProcessor` on every ``attn1``.
+    """
+    validate_unet(unet)
+    if getattr(unet, "_eym_context", None) is not None:
+        raise ModelError("this UNet is inflated already")
+    ref = next(unet.parameters())
+    for name, block in unet.named_modules():
+        if isinstance(block, BasicTransformerBlock):
+            attn = block.attn1
+            temporal = TemporalAttention(attn.query_dim, attn.heads, attn.inner_dim // attn.heads, context)
+            block.temporal_attention = temporal.to(device=ref.device, dtype=ref.dtype)
+            block.register_forward_hook(_temporal_hook)
+    processors = {}
+    for name, proc in unet.attn_processors.items():
+        if name.endswith("attn1.processor") and TEMPORAL_KEY not in name:
+            processors[name] = FrameAttnProcessor(context, unet_part(name))
+        else:
+            processors[name] = proc
+    unet.set_attn_processor(processors)
+    unet._eym_context = context
+    return unet
+
+
+class MotionModel(nn.Module):
+    """Inflated UNet + frozen ControlNet + the SD1.5 noise schedule.
+
+    Build one with :meth:`from_unet`. ``attention_mode`` is one of ``rc`` (default),
+    ``bidirectional``, ``sparse_causal``, ``self``.
+    """
+
+    def __init__(self, unet: UNet2DConditionModel, controlnet: ControlNetModel | None, context: FrameContext,
+                 attention_mode: str = "rc", scheduler_config: dict | None = None, latent_scale: float = SD15_LATENT_SCALE):
+        super().__init__()
+        self.unet = unet
+        self.controlnet = controlnet
+        self.context = context
+        self.scheduler_config = dict(scheduler_config or SD15_SCHEDULER_CONFIG)
+        self.latent_scale = float(latent_scale)
+        self.attention_mode = attention_mode
+        self.compute_dtype = torch.float32
+        self._plans: dict = {}
+        self.set_attention_mode(attention_mode)
+
+    @classmethod
+    def from_unet(cls, unet: UNet2DConditionModel, controlnet: ControlNetModel | None = None,
+                  attention_mode: str = "rc", **kwargs) -> "MotionModel":
+        """Inflate ``unet`` in place and wrap it with ``controlnet``. All weights start frozen."""
+        validate_unet(unet)
+        if controlnet is not None:
+            validate_controlnet(controlnet, unet)
+        context = FrameContext()
+        inflate_unet(unet, context)
+        model = cls(unet, controlnet, context, attention_mode, **kwargs)
+        model.requires_grad_(False)
+        model.eval()
+        return model
+
+    # ----------------------------------------------------------------- configuration
+    def set_attention_mode(self, mode: str) -> None:
+        if mode not in ATTENTION_MODES:
+            raise InputError(f"attention_mode must be one of {', '.join(ATTENTION_MODES)}; got {mode!r}")
+        self.attention_mode = mode
+        self._plans.clear()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def plan(self, num_frames: int, num_groups: int = 1, inject: dict[int, int] | None = None,
+             injection: str = "concat") -> AttentionPlan:
+        key = (num_frames, num_groups, tuple(sorted((inject or {}).items())), injection, self.device)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = AttentionPlan(num_frames, self.attention_mode, num_groups, dict(inject or {}), injection)
+            self._plans[key] = plan.to(self.device)
+        return plan
+
+    def autocast(self):
+        """Autocast to the compute dtype when it is not float32."""
+        if self.compute_dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
+
+    # ----------------------------------------------------------------- trainable parts
+    def stage_parameter_names(self, stage: int) -> list[str]:
+        """UNet parameter names trained in ``stage`` 1 (RC-Attn: ``attn1`` projections) or 2 (temporal)."""
+        if stage == 1:
+            return [n for n, _ in self.unet.named_parameters() if ".attn1." in n and TEMPORAL_KEY not in n]
+        if stage == 2:
+            return [n for n, _ in self.unet.named_parameters() if f".{TEMPORAL_KEY}." in n]
+        raise InputError(f"stage must be 1 or 2; got {stage}")
+
+    def tuned_state(self, stages=(1, 2)) -> dict[str, torch.Tensor]:
+        """Copies of the tensors the given stages train (UNet-relative names, float32, CPU)."""
+        params = dict(self.unet.named_parameters())
+        names = [n for s in stages for n in self.stage_parameter_names(s)]
+        return {n: params[n].detach().float().cpu().clone() for n in names}
+
+    def load_tuned_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Write ``state`` (from :meth:`tuned_state`) into the UNet, keeping each parameter's dtype."""
+        params = dict(self.unet.named_parameters())
+        allowed = set(self.stage_parameter_names(1)) | set(self.stage_parameter_names(2))
+        unknown = [n for n in state if n not in allowed]
+        if unknown:
+            raise ModelError(f"tuned weights hold tensors this model does not train, e.g. {unknown[0]}")
+        with torch.no_grad():
+            for name, value in state.items():
+                p = params[name]
+                if p.shape != value.shape:
+                    raise ModelError(f"tuned tensor {name} has shape {tuple(value.shape)}; the model has {tuple(p.shape)}")
+                p.copy_(value.to(device=p.device, dtype=p.dtype))
+
+    # ----------------------------------------------------------------- forward
+    def controlnet_residuals(self, latents, timesteps, text_embeddings, poses, control_scale):
+        """ControlNet residuals for each row (frozen, no gradients). Rows with scale 0 are skipped."""
+        b = latents.shape[0]
+        scale = torch.as_tensor(control_scale, dtype=torch.float32, device=latents.device).flatten()
+        if scale.numel() == 1:
+            scale = scale.expand(b)
+        rows = (scale != 0).nonzero().flatten()
+        if rows.numel() == 0:
+            return None, None
+        everything = rows.numel() == b
+        pick = (lambda x: x) if everything else (lambda x: x.index_select(0, rows))
+        with torch.no_grad():
+            down, mid = self.controlnet(
+                pick(latents), pick(timesteps), encoder_hidden_states=pick(text_embeddings),
+                controlnet_cond=pick(poses).to(latents.dtype), return_dict=False,
+            )
+        s = scale.index_select(0, rows).view(-1, 1, 1, 1)
+        if everything:
+            return [d * s.to(d.dtype) for d in down], mid * s.to(mid.dtype)
+
+        def scatter(r):
+            full = r.new_zeros((b,) + r.shape[1:])
+            return full.index_copy(0, rows, r * s.to(r.dtype))
+
+        return [scatter(d) for d in down], scatter(mid)
+
+    def predict(self, latents: torch.Tensor, timesteps, text_embeddings: torch.Tensor, num_frames: int,
+                poses: torch.Tensor | None = None, control_scale=1.0, plan: AttentionPlan | None = None,
+                inject_parts=()) -> torch.Tensor:
+        """Predicted noise for a batch of ``groups * num_frames`` frames.
+
+        ``latents`` (B, 4, h, w) scaled latents; ``timesteps`` an int or (B,) tensor;
+        ``text_embeddings`` (1 or B, tokens, dim); ``poses`` (B, 3, 8h, 8w) in 0..1 or None;
+        ``control_scale`` a float or a (B,) tensor (0 = no ControlNet for that row); ``plan`` the
+        attention plan (default: plain attention in this model's mode); ``inject_parts`` the UNet
+        parts (down/mid/up) where the plan's K/V injection is active for this call.
+        """
+        b = latents.shape[0]
+        if num_frames < 1 or b % num_frames:
+            raise InputError(f"the batch has {b} frames, which is not a multiple of num_frames={num_frames}")
+        groups = b // num_frames
+        timesteps = torch.as_tensor(timesteps, device=latents.device)
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(b)
+        if text_embeddings.shape[0] == 1:
+            text_embeddings = text_embeddings.expand(b, -1, -1)
+        elif text_embeddings.shape[0] != b:
+            raise InputError(f"text_embeddings has {text_embeddings.shape[0]} rows; give 1 or one per frame ({b})")
+        plan = plan or self.plan(num_frames, groups)
+        if plan.num_frames != num_frames or plan.num_groups != groups:
+            raise InputError("the attention plan does not match the batch layout")
+        self.context.num_frames = num_frames
+        self.context.plan = plan
+        self.context.inject_parts = frozenset(inject_parts)
+        with self.autocast():
+            down = mid = None
+            if self.controlnet is not None and poses is not None:
+                if poses.shape[0] != b:
+                    raise InputError(f"poses has {poses.shape[0]} frames; the latents have {b}")
+                down, mid = self.controlnet_residuals(latents, timesteps, text_embeddings, poses, control_scale)
+            out = self.unet(
+                latents, timesteps, encoder_hidden_states=text_embeddings,
+                down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
+            )[0]
+        return out

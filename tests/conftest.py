@@ -1,0 +1,31 @@
+"""Load the repository root as the package ``edit_your_motion`` so tests import the pack the way
+ComfyUI does (a package whose ``nodes`` use relative imports) and never shadow ComfyUI's own
+top-level ``nodes`` module."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "edit_your_motion"
+
+if PACKAGE not in sys.modules:
+    spec = importlib.util.spec_from_file_location(
+        PACKAGE, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = module
+    spec.loader.exec_module(module)
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield

@@ -1,0 +1,122 @@
+"""RC-Attn modes and K/V injection against a per-frame loop written here, independently."""
+
+import math
+
+import pytest
+import torch
+
+from edit_your_motion.motion_core import attention as A
+from edit_your_motion.motion_core.errors import InputError
+
+
+def reference_kv_frames(i: int, n: int, mode: str) -> list[int]:
+    """The table of METHOD.md, one frame at a time."""
+    if n == 1 or mode == "self":
+        return [i]
+    if mode == "rc":
+        return [n - 1 if i == 0 else i - 1, i]
+    if mode == "sparse_causal":
+        return [0, 0] if i == 0 else [0, i - 1]
+    if mode == "bidirectional":
+        if i == 0:
+            return [0, 1]
+        if i == n - 1:
+            return [n - 2, n - 1]
+        return [i - 1, i + 1]
+    raise AssertionError(mode)
+
+
+def loop_attention(q, k, v, heads, frames_for_row, bias_for_row=None):
+    """softmax(QK^T/sqrt(d) + bias) V for every row separately, with K/V concatenated per row."""
+    rows, tokens, channels = q.shape
+    d = channels // heads
+    out = torch.empty_like(q)
+    for r in range(rows):
+        src = frames_for_row(r)
+        kk = torch.cat([k[j] for j in src])  # (m*L, C)
+        vv = torch.cat([v[j] for j in src])
+        for h in range(heads):
+            sl = slice(h * d, (h + 1) * d)
+            s = q[r][:, sl] @ kk[:, sl].T / math.sqrt(d)
+            if bias_for_row is not None:
+                s = s + torch.tensor(bias_for_row(r)).repeat_interleave(k.shape[1])[None]
+            out[r][:, sl] = s.softmax(-1) @ vv[:, sl]
+    return out
+
+
+@pytest.mark.parametrize("mode", A.ATTENTION_MODES)
+@pytest.mark.parametrize("n", [1, 2, 3, 6])
+def test_kv_indices_match_table(mode, n):
+    idx = A.kv_frame_indices(n, mode)
+    for i in range(n):
+        expected = reference_kv_frames(i, n, mode)
+        got = idx[i].tolist()
+        if n == 1 or mode == "self":
+            assert got == [i]
+        else:
+            assert got == expected
+
+
+@pytest.mark.parametrize("mode", A.ATTENTION_MODES)
+@pytest.mark.parametrize("n,groups", [(1, 1), (2, 1), (5, 1), (4, 2)])
+def test_planned_attention_matches_loop(mode, n, groups):
+    heads, tokens, channels = 2, 6, 8
+    rows = n * groups
+    q, k, v = (torch.randn(rows, tokens, channels, dtype=torch.float64) for _ in range(3))
+    plan = A.AttentionPlan(n, mode, groups)
+    got = A.planned_attention(q, k, v, heads, plan.base, plan.is_self)
+    want = loop_attention(q, k, v, heads, lambda r: [(r // n) * n + j for j in reference_kv_frames(r % n, n, mode)])
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("mode", A.ATTENTION_MODES)
+@pytest.mark.parametrize("injection", A.INJECTION_MODES)
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_injected_attention_matches_loop(mode, injection, n):
+    """Groups [recon_uncond, recon_cond, edit_uncond, edit_cond]: edit frame i reads its own K/V
+    frames plus frame i of its paired reconstruction group."""
+    heads, tokens, channels = 2, 5, 8
+    groups, pairs = 4, {2: 0, 3: 1}
+    q, k, v = (torch.randn(groups * n, tokens, channels, dtype=torch.float64) for _ in range(3))
+    plan = A.AttentionPlan(n, mode, groups, pairs, injection)
+    got = A.planned_attention(q, k, v, heads, plan.injected, False)
+
+    def frames(r):
+        g, i = divmod(r, n)
+        own = [g * n + j for j in reference_kv_frames(i, n, mode)]
+        return own + [pairs[g] * n + i] if g in pairs else own
+
+    def bias(r):
+        g, i = divmod(r, n)
+        own = reference_kv_frames(i, n, mode)
+        if g not in pairs:
+            return [0.0] * len(own)
+        if injection == "concat":
+            return [0.0] * (len(own) + 1)
+        c = sum(j == i for j in own)
+        share = math.log(c / (c + 1)) if c else 0.0
+        return [share if j == i else 0.0 for j in own] + [share]
+
+    want = loop_attention(q, k, v, heads, frames, bias)
+    torch.testing.assert_close(got, want)
+
+
+def test_balanced_injection_with_identical_branches_equals_plain():
+    n, tokens, channels = 4, 5, 8
+    base = torch.randn(n, tokens, channels, dtype=torch.float64)
+    q = k = v = torch.cat([base, base])  # recon group then an identical edit group
+    plan = A.AttentionPlan(n, "rc", 2, {1: 0}, "balanced")
+    out = A.planned_attention(q, k, v, 2, plan.injected, False)
+    torch.testing.assert_close(out[n:], out[:n])
+    concat = A.AttentionPlan(n, "rc", 2, {1: 0}, "concat")
+    out_c = A.planned_attention(q, k, v, 2, concat.injected, False)
+    assert (out_c[n:] - out_c[:n]).abs().max() > 1e-3  # the duplicated frame-i key reweights
+
+
+def test_bad_mode_and_frames():
+    with pytest.raises(InputError, match="attention mode"):
+        A.kv_frame_indices(4, "causal")
+    with pytest.raises(InputError, match="num_frames"):
+        A.kv_frame_indices(0, "rc")
+    with pytest.raises(InputError, match="kv_injection"):
+        A.AttentionPlan(4, "rc", 2, {1: 0}, "sum")
