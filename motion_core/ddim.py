@@ -1,0 +1,131 @@
+"""DDIM inversion and sampling with one model call per step.
+
+Timesteps and the cumulative alphas come from diffusers' :class:`DDIMScheduler` configured like
+SD1.5. Inversion and sampling use the same step formula in opposite directions, evaluated at the
+same timesteps, as Tune-A-Video and null-text inversion do: inversion step ``k`` moves the latent
+from the level of ``prev(t_k)`` to ``t_k`` with ``eps(z, t_k)``; sampling moves from ``t_k`` back to
+``prev(t_k)``. ``eps`` evaluated at ``z_{prev(t)}`` instead of ``z_t`` is the only error of the pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from diffusers import DDIMScheduler
+
+from .errors import InputError, check_frame_counts, check_latent_size
+from .model import MotionModel
+
+#: ``callback(step, total_steps)`` after every step; raise inside it to cancel.
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class DDIMSchedule:
+    timesteps: torch.Tensor  # descending, e.g. 981, 961, ..., 1
+    alphas_cumprod: torch.Tensor
+    final_alpha: torch.Tensor
+    step_ratio: int
+
+    def alpha(self, t: int) -> torch.Tensor:
+        return self.alphas_cumprod[int(t)]
+
+    def alpha_prev(self, t: int) -> torch.Tensor:
+        prev = int(t) - self.step_ratio
+        return self.alphas_cumprod[prev] if prev >= 0 else self.final_alpha
+
+
+def ddim_schedule(scheduler_config: dict, num_steps: int) -> DDIMSchedule:
+    if num_steps < 1:
+        raise InputError(f"steps must be >= 1; got {num_steps}")
+    sched = DDIMScheduler.from_config(scheduler_config)
+    if num_steps > sched.config.num_train_timesteps:
+        raise InputError(f"steps must be <= {sched.config.num_train_timesteps}; got {num_steps}")
+    sched.set_timesteps(num_steps)
+    return DDIMSchedule(
+        sched.timesteps.clone(), sched.alphas_cumprod.clone().double(), torch.as_tensor(sched.final_alpha_cumprod).double(),
+        sched.config.num_train_timesteps // num_steps,
+    )
+
+
+def ddim_step(sample: torch.Tensor, eps: torch.Tensor, alpha_from, alpha_to, eta: float = 0.0,
+              noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Move ``sample`` from noise level ``alpha_from`` to ``alpha_to`` (cumulative alphas) along
+    the DDIM update with predicted noise ``eps``. ``eta > 0`` (sampling only) adds fresh noise."""
+    a0, a1 = float(alpha_from), float(alpha_to)
+    x0 = (sample - (1 - a0) ** 0.5 * eps) / a0**0.5
+    if eta == 0:
+        return a1**0.5 * x0 + (1 - a1) ** 0.5 * eps
+    sigma = eta * ((1 - a1) / (1 - a0)) ** 0.5 * (1 - a0 / a1) ** 0.5
+    direction = max(1 - a1 - sigma**2, 0.0) ** 0.5 * eps
+    return a1**0.5 * x0 + direction + sigma * noise
+
+
+def guided(eps: torch.Tensor, groups: int, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance over a batch laid out as [uncond, cond] halves (``groups == 2``)."""
+    if groups == 1:
+        return eps
+    uncond, cond = eps.chunk(2)
+    return uncond + guidance * (cond - uncond)
+
+
+def _prepare(model: MotionModel, latents, text_embeddings, poses, guidance, uncond_embeddings):
+    check_latent_size("latents", latents, model.unet.config.in_channels)
+    n = check_frame_counts(latents=latents, poses=poses)
+    if guidance < 1:
+        raise InputError(f"guidance must be >= 1 (1 = no classifier-free guidance); got {guidance}")
+    if guidance > 1 and uncond_embeddings is None:
+        raise InputError("guidance > 1 needs the negative/empty prompt embedding (uncond_embeddings)")
+    device = model.device
+    emb = [text_embeddings] if guidance == 1 else [uncond_embeddings, text_embeddings]
+    emb = torch.cat([e.to(device, torch.float32).expand(n, -1, -1) for e in emb])
+    hint = None
+    if poses is not None:
+        hint = poses.to(device, torch.float32)
+        hint = hint if guidance == 1 else torch.cat([hint, hint])
+    return n, emb, hint
+
+
+@torch.no_grad()
+def ddim_invert(model: MotionModel, latents: torch.Tensor, text_embeddings: torch.Tensor,
+                poses: torch.Tensor | None = None, num_steps: int = 50, control_scale: float = 1.0,
+                guidance: float = 1.0, uncond_embeddings: torch.Tensor | None = None,
+                callback: ProgressCallback | None = None) -> torch.Tensor:
+    """DDIM-invert clean scaled latents ``(n, 4, h, w)`` to ``z_T`` with the (tuned) model.
+
+    Defaults follow the paper: source prompt, source-skeleton ControlNet (pass ``poses=None`` to
+    invert without it, as MotionEditor does), no classifier-free guidance.
+    """
+    n, emb, hint = _prepare(model, latents, text_embeddings, poses, guidance, uncond_embeddings)
+    groups = 1 if guidance == 1 else 2
+    schedule = ddim_schedule(model.scheduler_config, num_steps)
+    z = latents.to(model.device, torch.float32)
+    steps = schedule.timesteps.flip(0)
+    for k, t in enumerate(steps.tolist()):
+        x = z if groups == 1 else torch.cat([z, z])
+        eps = guided(model.predict(x, t, emb, n, poses=hint, control_scale=control_scale).float(), groups, guidance)
+        z = ddim_step(z, eps, schedule.alpha_prev(t), schedule.alpha(t))
+        if callback is not None:
+            callback(k + 1, len(steps))
+    return z
+
+
+@torch.no_grad()
+def ddim_sample(model: MotionModel, noise_latents: torch.Tensor, text_embeddings: torch.Tensor,
+                poses: torch.Tensor | None = None, num_steps: int = 50, control_scale: float = 1.0,
+                guidance: float = 1.0, uncond_embeddings: torch.Tensor | None = None,
+                callback: ProgressCallback | None = None) -> torch.Tensor:
+    """Plain (single-branch) deterministic DDIM sampling from ``z_T``: the inverse of :func:`ddim_invert`."""
+    n, emb, hint = _prepare(model, noise_latents, text_embeddings, poses, guidance, uncond_embeddings)
+    groups = 1 if guidance == 1 else 2
+    schedule = ddim_schedule(model.scheduler_config, num_steps)
+    z = noise_latents.to(model.device, torch.float32)
+    for k, t in enumerate(schedule.timesteps.tolist()):
+        x = z if groups == 1 else torch.cat([z, z])
+        eps = guided(model.predict(x, t, emb, n, poses=hint, control_scale=control_scale).float(), groups, guidance)
+        z = ddim_step(z, eps, schedule.alpha(t), schedule.alpha_prev(t))
+        if callback is not None:
+            callback(k + 1, len(schedule.timesteps))
+    return z

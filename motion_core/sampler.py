@@ -1,0 +1,156 @@
+"""Two-branch sampling with RC-Attn key/value injection (Edit-Your-Motion, inference).
+
+Both branches start from the inverted source latents ``z_T``:
+
+* reconstruction branch: source prompt ``P_s``, ControlNet on the source skeletons (optional);
+  plain RC-Attn;
+* editing branch: target prompt ``P_t``, ControlNet on the reference skeletons; in every RC-Attn
+  layer its keys and values are extended with the reconstruction branch's keys and values of the
+  same frame (paper Eq. 17-18): ``K_e = [W_K z^e_p(i), W_K z^e_i, W_K z^r_i]``, same for ``V``.
+
+Both branches (and, with guidance > 1, their unconditional halves) run in ONE UNet call per step,
+laid out as ``[recon(uncond), recon(cond), edit(uncond), edit(cond)]``.
+
+``kv_injection``:
+
+* ``concat`` — Eq. 18 literally. The editing branch's own frame ``i`` and the reconstruction's
+  frame ``i`` are separate keys, so when both branches carry the same content that frame counts
+  twice in the softmax: an "edit" with the source prompt and poses drifts slightly from the
+  reconstruction.
+* ``balanced`` — the same keys, but the two copies of frame ``i`` share one frame's attention
+  weight (a ``log 1/2`` logit bias on each). An edit with the source prompt and poses then
+  reproduces the reconstruction exactly; real edits still read the source content through the
+  injected keys. Useful as a sanity check and when ``concat`` over-smooths the new motion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .attention import INJECTION_MODES, UNET_PARTS
+from .ddim import ProgressCallback, ddim_schedule, ddim_step
+from .errors import InputError, check_frame_counts, check_latent_size
+from .model import MotionModel
+
+
+@dataclass
+class SamplerConfig:
+    num_steps: int = 50
+    guidance_scale: float = 1.0
+    control_scale: float = 1.0
+    recon_controlnet: bool = True
+    inject_start: float = 0.0
+    inject_end: float = 1.0
+    inject_parts: tuple = UNET_PARTS
+    kv_injection: str = "concat"
+    eta: float = 0.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.num_steps < 1:
+            raise InputError(f"steps must be >= 1; got {self.num_steps}")
+        if self.guidance_scale < 1:
+            raise InputError(f"guidance must be >= 1 (1 = no classifier-free guidance); got {self.guidance_scale}")
+        if not 0 <= self.inject_start <= self.inject_end <= 1:
+            raise InputError(
+                f"injection range must satisfy 0 <= start <= end <= 1; got start={self.inject_start}, end={self.inject_end}"
+            )
+        bad = [p for p in self.inject_parts if p not in UNET_PARTS]
+        if bad:
+            raise InputError(f"inject_parts may only name {', '.join(UNET_PARTS)}; got {bad}")
+        if self.kv_injection not in INJECTION_MODES:
+            raise InputError(f"kv_injection must be one of {', '.join(INJECTION_MODES)}; got {self.kv_injection!r}")
+        if self.eta < 0:
+            raise InputError(f"eta must be >= 0; got {self.eta}")
+        if self.control_scale < 0:
+            raise InputError(f"ControlNet strength must be >= 0; got {self.control_scale}")
+
+
+@dataclass
+class SampleResult:
+    edited: torch.Tensor
+    reconstruction: torch.Tensor
+    injected_steps: list[int] = field(default_factory=list)
+
+
+def injection_active(step: int, num_steps: int, start: float, end: float) -> bool:
+    """Step ``step`` (0-based) injects when its position ``step / num_steps`` lies in [start, end)."""
+    return start <= step / num_steps < end
+
+
+@torch.no_grad()
+def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_embeddings: torch.Tensor,
+                      edit_embeddings: torch.Tensor, recon_poses: torch.Tensor | None, edit_poses: torch.Tensor | None,
+                      config: SamplerConfig | None = None, uncond_embeddings: torch.Tensor | None = None,
+                      callback: ProgressCallback | None = None) -> SampleResult:
+    """Sample the edited clip (and its reconstruction) from ``inverted_latents`` ``(n, 4, h, w)``.
+
+    ``recon_embeddings`` / ``edit_embeddings``: ``(1, tokens, dim)`` for ``P_s`` / ``P_t``;
+    ``recon_poses`` / ``edit_poses``: ControlNet hints ``(n, 3, 8h, 8w)`` of the source / reference
+    skeletons (None: that branch runs without ControlNet); ``uncond_embeddings``: needed when
+    ``guidance_scale > 1``.
+    """
+    config = config or SamplerConfig()
+    config.validate()
+    check_latent_size("inverted latents", inverted_latents, model.unet.config.in_channels)
+    n = check_frame_counts(inverted_latents=inverted_latents, source_poses=recon_poses, reference_poses=edit_poses)
+    for name, poses in (("source poses", recon_poses), ("reference poses", edit_poses)):
+        if poses is not None and poses.shape[-2:] != (inverted_latents.shape[-2] * 8, inverted_latents.shape[-1] * 8):
+            raise InputError(f"{name} are {poses.shape[-1]}x{poses.shape[-2]} pixels; resize them to the video size")
+    cfg = config.guidance_scale > 1
+    if cfg and uncond_embeddings is None:
+        raise InputError("guidance > 1 needs the negative/empty prompt embedding (uncond_embeddings)")
+    device = model.device
+    k = 2 if cfg else 1  # groups per branch
+
+    def rows(t):
+        return t.to(device, torch.float32).expand(n, -1, -1)
+
+    recon_emb = [uncond_embeddings, recon_embeddings] if cfg else [recon_embeddings]
+    edit_emb = [uncond_embeddings, edit_embeddings] if cfg else [edit_embeddings]
+    emb = torch.cat([rows(e) for e in recon_emb + edit_emb])
+
+    hint_shape = (n, 3, inverted_latents.shape[-2] * 8, inverted_latents.shape[-1] * 8)
+    zeros = torch.zeros(hint_shape, device=device)
+    r_hint = zeros if recon_poses is None else recon_poses.to(device, torch.float32)
+    e_hint = zeros if edit_poses is None else edit_poses.to(device, torch.float32)
+    hints = torch.cat([r_hint] * k + [e_hint] * k)
+    r_scale = config.control_scale if (recon_poses is not None and config.recon_controlnet) else 0.0
+    e_scale = config.control_scale if edit_poses is not None else 0.0
+    scale = torch.tensor([r_scale] * (k * n) + [e_scale] * (k * n), device=device)
+    use_cn = model.controlnet is not None and bool((scale != 0).any())
+    if (recon_poses is not None or edit_poses is not None) and model.controlnet is None:
+        raise InputError("poses were given but the model has no ControlNet; load an openpose ControlNet")
+
+    inject = {k + g: g for g in range(k)}
+    plan = model.plan(n, 2 * k, inject, config.kv_injection)
+    schedule = ddim_schedule(model.scheduler_config, config.num_steps)
+    z_r = inverted_latents.to(device, torch.float32)
+    z_e = z_r.clone()
+    injected = []
+    total = len(schedule.timesteps)
+    for step, t in enumerate(schedule.timesteps.tolist()):
+        active = injection_active(step, total, config.inject_start, config.inject_end)
+        parts = tuple(config.inject_parts) if active else ()
+        if parts:
+            injected.append(step)
+        x = torch.cat([z_r] * k + [z_e] * k)
+        eps = model.predict(x, t, emb, n, poses=hints if use_cn else None, control_scale=scale,
+                            plan=plan, inject_parts=parts).float()
+        eps_r, eps_e = eps[: k * n], eps[k * n :]
+        if cfg:
+            g = config.guidance_scale
+            eps_r = eps_r[:n] + g * (eps_r[n:] - eps_r[:n])
+            eps_e = eps_e[:n] + g * (eps_e[n:] - eps_e[:n])
+        noise = None
+        if config.eta > 0:
+            gen = torch.Generator().manual_seed(int(config.seed) * 1_000_003 + step)
+            noise = torch.randn(z_r.shape, generator=gen).to(device)
+        a_t, a_prev = schedule.alpha(t), schedule.alpha_prev(t)
+        z_r = ddim_step(z_r, eps_r, a_t, a_prev, config.eta, noise)
+        z_e = ddim_step(z_e, eps_e, a_t, a_prev, config.eta, noise)
+        if callback is not None:
+            callback(step + 1, total)
+    return SampleResult(z_e, z_r, injected)

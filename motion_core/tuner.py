@@ -1,0 +1,234 @@
+"""Detailed Prompt-Guided Learning (DPL): the two tuning stages of Edit-Your-Motion.
+
+Stage 1 (spatial/content): shuffled, background-masked frames, content prompt ``P_c``; trains the
+RC-Attn projections (``attn1``: to_q, to_k, to_v, to_out) only; loss ``L_rec``.
+
+Stage 2 (temporal): ordered, unmasked frames, source prompt ``P_s``; trains the temporal attention
+layers only; loss ``(1 - lambda) * L_noise + lambda * L_rec``, lambda = 0.9.
+
+Masking commutes with shuffling and VAE encoding works frame by frame, so stage 1 takes the
+*encoded masked* latents once and permutes latents and poses together at every step: the same as
+shuffling the frames, masks and skeletons and encoding them again, without a VAE in the loop.
+
+Randomness (order, timestep, noise) of step ``k`` comes from a generator seeded with
+``(seed, k)``, so a stage resumed at ``start_step`` draws what an uninterrupted run would have drawn
+(the AdamW moments restart).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from .errors import InputError, check_frame_counts, check_latent_size
+from .frames import check_permutation
+from .model import MotionModel
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SHUFFLE_MODES = ("per_step", "fixed", "none")
+
+#: ``callback(step, total_steps, loss)`` after every optimizer step; raise inside it to cancel.
+StepCallback = Callable[[int, int, float], None]
+
+
+@dataclass
+class TuneConfig:
+    steps: int = 300
+    learning_rate: float = 3e-5
+    seed: int = 0
+    precision: str = "fp32"
+    gradient_checkpointing: bool = True
+    lam: float = 0.9
+    shuffle: str = "per_step"
+    control_scale: float = 1.0
+    weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    start_step: int = 0
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise InputError(f"steps must be >= 1; got {self.steps}")
+        if not self.learning_rate > 0:
+            raise InputError(f"learning_rate must be > 0; got {self.learning_rate}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise InputError(f"lambda (lam) must be in [0, 1]; got {self.lam}")
+        if self.shuffle not in SHUFFLE_MODES:
+            raise InputError(f"shuffle must be one of {', '.join(SHUFFLE_MODES)}; got {self.shuffle!r}")
+        if self.start_step < 0:
+            raise InputError(f"start_step must be >= 0; got {self.start_step}")
+
+
+@dataclass
+class StageResult:
+    stage: int
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def reconstruction_loss(pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """``L_rec = ||eps - eps_theta||^2`` as a mean over elements."""
+    return F.mse_loss(pred.float(), noise.float())
+
+
+def noise_constraint_loss(pred: torch.Tensor) -> torch.Tensor:
+    """``L_noise = 1/(n-1) * sum_i ||eps_theta(z^{f_i}) - eps_theta(z^{f_{i+1}})||^2`` over the
+    ``n`` frames of one clip, each squared norm taken as a mean over elements (the scale of
+    ``L_rec``). Zero for a single frame."""
+    if pred.shape[0] < 2:
+        return pred.sum() * 0.0
+    diff = (pred[1:] - pred[:-1]).float()
+    return diff.pow(2).flatten(1).mean(1).mean()
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63 - 1))
+
+
+@contextmanager
+def _training_mode(model: MotionModel, names: list[str], config: TuneConfig):
+    """Unfreeze ``names`` (as float32 master tensors), set precision and checkpointing; undo after.
+
+    On any exception (including cancellation from the callback) the trained tensors are put back
+    as they were, so nothing is left half-trained.
+    """
+    params = dict(model.unet.named_parameters())
+    trained = [params[n] for n in names]
+    before = {n: params[n].detach().clone() for n in names}
+    dtypes = {n: params[n].dtype for n in names}
+    compute = PRECISIONS[config.precision]
+    frozen_half = any(p.dtype in (torch.float16, torch.bfloat16) for n, p in params.items() if n not in before)
+    if compute == torch.float32 and frozen_half:
+        raise InputError("precision fp32 needs the model's weights in float32; choose bf16 or fp16, or load the model in fp32")
+    if compute == torch.float16 and model.device.type == "cpu":
+        raise InputError("precision fp16 is for GPUs; on the CPU use bf16 or fp32")
+    old_compute, old_ckpt = model.compute_dtype, model.unet.is_gradient_checkpointing
+    for p in trained:
+        if p.dtype != torch.float32:
+            p.data = p.data.float()
+        p.requires_grad_(True)
+    model.compute_dtype = compute
+    if config.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    model.unet.train()
+    ok = False
+    try:
+        yield trained
+        ok = True
+    finally:
+        for n, p in zip(names, trained):
+            p.requires_grad_(False)
+            p.grad = None
+            if not ok:
+                p.data = before[n].to(p.device)
+            if dtypes[n] != torch.float32 and compute == torch.float32:
+                p.data = p.data.to(dtypes[n])
+        model.compute_dtype = old_compute
+        if not old_ckpt:
+            model.unet.disable_gradient_checkpointing()
+        model.unet.eval()
+
+
+def tune_stage(model: MotionModel, stage: int, latents: torch.Tensor, text_embeddings: torch.Tensor,
+               poses: torch.Tensor | None, config: TuneConfig | None = None,
+               callback: StepCallback | None = None, permutation: torch.Tensor | None = None) -> StageResult:
+    """Run one DPL stage on ``model`` in place and return the losses and the trained tensors.
+
+    ``latents``: scaled VAE latents ``(n, 4, h, w)`` (stage 1: of the background-masked frames,
+    in their original order); ``text_embeddings``: ``(1, tokens, dim)`` of ``P_c`` (stage 1) or
+    ``P_s`` (stage 2); ``poses``: ControlNet hints ``(n, 3, 8h, 8w)`` of the source skeletons, or
+    None to tune without ControlNet; ``permutation``: the fixed order for ``shuffle="fixed"``
+    (default: a seeded one).
+    """
+    config = config or TuneConfig()
+    config.validate()
+    if stage not in (1, 2):
+        raise InputError(f"stage must be 1 or 2; got {stage}")
+    check_latent_size("latents", latents, model.unet.config.in_channels)
+    n = check_frame_counts(latents=latents, poses=poses)
+    if poses is not None and poses.shape[-2:] != (latents.shape[-2] * 8, latents.shape[-1] * 8):
+        raise InputError(
+            f"poses are {poses.shape[-1]}x{poses.shape[-2]} pixels but the latents are for "
+            f"{latents.shape[-1] * 8}x{latents.shape[-2] * 8}; resize the pose images to the video size"
+        )
+    if poses is not None and model.controlnet is None:
+        raise InputError("poses were given but the model has no ControlNet; load an openpose ControlNet")
+    if text_embeddings.ndim != 3 or text_embeddings.shape[0] != 1:
+        raise InputError(f"text_embeddings must be one prompt, shaped (1, tokens, dim); got {tuple(text_embeddings.shape)}")
+    if text_embeddings.shape[-1] != model.unet.config.cross_attention_dim:
+        raise InputError(
+            f"the prompt embedding has width {text_embeddings.shape[-1]} but the UNet expects "
+            f"{model.unet.config.cross_attention_dim}; encode the prompt with the checkpoint's own CLIP"
+        )
+    shuffle = config.shuffle if stage == 1 else "none"
+    if shuffle == "fixed":
+        permutation = permutation if permutation is not None else torch.randperm(n, generator=_step_generator(config.seed, -1))
+        check_permutation(permutation, n)
+
+    device = model.device
+    latents = latents.to(device, torch.float32)
+    poses = None if poses is None else poses.to(device, torch.float32)
+    text_embeddings = text_embeddings.to(device, torch.float32)
+    scheduler = DDPMScheduler.from_config(model.scheduler_config)
+    names = model.stage_parameter_names(stage)
+    result = StageResult(stage, config.steps)
+
+    with torch.inference_mode(False), torch.enable_grad(), _training_mode(model, names, config) as trained:
+        optimizer = torch.optim.AdamW(
+            trained, lr=config.learning_rate, weight_decay=config.weight_decay,
+            fused=device.type == "cuda",
+        )
+        scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        plan = model.plan(n, 1)
+        for k in range(config.start_step, config.start_step + config.steps):
+            gen = _step_generator(config.seed, k)
+            order = torch.randperm(n, generator=gen) if shuffle == "per_step" else permutation
+            z0, hint = latents, poses
+            if order is not None:
+                order = order.to(device)
+                z0 = z0.index_select(0, order)
+                hint = None if hint is None else hint.index_select(0, order)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=gen)
+            noise = torch.randn(z0.shape, generator=gen).to(device)
+            t = t.to(device).expand(n)
+            zt = scheduler.add_noise(z0, noise, t)
+            pred = model.predict(zt, t, text_embeddings, n, poses=hint,
+                                 control_scale=config.control_scale, plan=plan)
+            loss = reconstruction_loss(pred, noise)
+            if stage == 2:
+                loss = (1 - config.lam) * noise_constraint_loss(pred) + config.lam * loss
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            if config.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(trained, config.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            value = float(loss.detach())
+            result.losses.append(value)
+            if callback is not None:
+                callback(k - config.start_step + 1, config.steps, value)
+        del optimizer
+    result.state = model.tuned_state((stage,))
+    return result
+
+
+def tune_stage1(model: MotionModel, masked_latents: torch.Tensor, content_embeddings: torch.Tensor,
+                poses: torch.Tensor | None, config: TuneConfig | None = None, callback: StepCallback | None = None,
+                permutation: torch.Tensor | None = None) -> StageResult:
+    """Stage 1: shuffled, masked frames with the content prompt; trains RC-Attn (``attn1``)."""
+    return tune_stage(model, 1, masked_latents, content_embeddings, poses, config, callback, permutation)
+
+
+def tune_stage2(model: MotionModel, latents: torch.Tensor, source_embeddings: torch.Tensor,
+                poses: torch.Tensor | None, config: TuneConfig | None = None,
+                callback: StepCallback | None = None) -> StageResult:
+    """Stage 2: ordered, unmasked frames with the source prompt; trains the temporal layers."""
+    return tune_stage(model, 2, latents, source_embeddings, poses, config, callback)
