@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from .errors import InputError, check_frame_counts, check_latent_size
+from .attention import AttentionPlan
 from .frames import check_permutation
 from .model import MotionModel
 
@@ -173,20 +174,43 @@ def tune_stage(model: MotionModel, stage: int, latents: torch.Tensor, text_embed
         check_permutation(permutation, n)
 
     device = model.device
-    latents = latents.to(device, torch.float32)
-    poses = None if poses is None else poses.to(device, torch.float32)
-    text_embeddings = text_embeddings.to(device, torch.float32)
-    scheduler = DDPMScheduler.from_config(model.scheduler_config)
     names = model.stage_parameter_names(stage)
     result = StageResult(stage, config.steps)
 
-    with torch.inference_mode(False), torch.enable_grad(), _training_mode(model, names, config) as trained:
+    with torch.inference_mode(False), torch.enable_grad():
+        # Inputs and model storage may come from inference mode (ComfyUI runs nodes in it);
+        # tensors saved for backward must not be inference tensors.
+        _normalise_storage(model)
+        latents = latents.to(device, torch.float32).clone()
+        poses = None if poses is None else poses.to(device, torch.float32).clone()
+        text_embeddings = text_embeddings.to(device, torch.float32).clone()
+        if permutation is not None:
+            permutation = permutation.clone()
+        plan = AttentionPlan(n, model.attention_mode, 1).to(device)
+        scheduler = DDPMScheduler.from_config(model.scheduler_config)
+        result = _train(model, stage, names, latents, text_embeddings, poses, config, callback, shuffle,
+                        permutation, plan, scheduler, result)
+    result.state = model.tuned_state((stage,))
+    return result
+
+
+def _normalise_storage(model: MotionModel) -> None:
+    for module in model.modules():
+        for name, t in list(module._parameters.items()) + list(module._buffers.items()):
+            if t is not None and t.is_inference():
+                t.data = t.data.clone()
+
+
+def _train(model, stage, names, latents, text_embeddings, poses, config, callback, shuffle, permutation, plan,
+           scheduler, result) -> StageResult:
+    device = model.device
+    n = latents.shape[0]
+    with _training_mode(model, names, config) as trained:
         optimizer = torch.optim.AdamW(
             trained, lr=config.learning_rate, weight_decay=config.weight_decay,
             fused=device.type == "cuda",
         )
         scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-        plan = model.plan(n, 1)
         for k in range(config.start_step, config.start_step + config.steps):
             gen = _step_generator(config.seed, k)
             order = torch.randperm(n, generator=gen) if shuffle == "per_step" else permutation
@@ -216,7 +240,6 @@ def tune_stage(model: MotionModel, stage: int, latents: torch.Tensor, text_embed
             if callback is not None:
                 callback(k - config.start_step + 1, config.steps, value)
         del optimizer
-    result.state = model.tuned_state((stage,))
     return result
 
 

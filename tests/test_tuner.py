@@ -177,3 +177,18 @@ def test_bad_inputs(clip):
         tune_stage1(model, torch.zeros(4, 3, 8, 8), clip["emb"], clip["poses"])
     with pytest.raises(InputError, match="lambda"):
         tune_stage2(model, clip["latents"], clip["emb"], clip["poses"], TuneConfig(lam=1.5))
+
+
+def test_trains_when_inputs_and_storage_come_from_inference_mode(clip):
+    """ComfyUI runs nodes under torch.inference_mode(): its tensors, and module storage moved by its
+    model management inside a node, are inference tensors that autograd cannot save."""
+    model = tiny.build_motion_model()
+    with torch.inference_mode():
+        lat, emb, poses = clip["masked"].clone(), clip["emb"].clone(), clip["poses"].clone()
+        for p in model.parameters():
+            p.data = p.data.clone()  # what a .to(device) inside a node does
+        model.plan(4, 1)  # a cached plan made in inference mode must not leak into training
+    assert any(p.is_inference() for p in model.parameters())
+    with torch.inference_mode():
+        res = tune_stage1(model, lat, emb, poses, TuneConfig(steps=2, learning_rate=1e-3))
+    assert len(res.losses) == 2 and all(torch.isfinite(torch.tensor(res.losses)))
