@@ -1,1 +1,10 @@
-"""ComfyUI custom node pack: Edit-Your-Motion one-shot video motion editing."""
+"""Edit-Your-Motion for ComfyUI: one-shot video motion editing (ACM MM 2024).
+
+Keep the person, clothes and background of a video; give them the motion of a reference video or
+skeleton sequence. The engine lives in ``motion_core`` (plain torch + diffusers); ``nodes`` adapts
+it to ComfyUI.
+"""
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

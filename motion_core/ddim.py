@@ -16,7 +16,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from .errors import InputError, check_frame_counts, check_latent_size
-from .model import MotionModel
+from .model import MotionModel, match_token_lengths
 
 #: ``callback(step, total_steps)`` after every step; raise inside it to cancel.
 ProgressCallback = Callable[[int, int], None]
@@ -79,7 +79,7 @@ def _prepare(model: MotionModel, latents, text_embeddings, poses, guidance, unco
     if guidance > 1 and uncond_embeddings is None:
         raise InputError("guidance > 1 needs the negative/empty prompt embedding (uncond_embeddings)")
     device = model.device
-    emb = [text_embeddings] if guidance == 1 else [uncond_embeddings, text_embeddings]
+    emb = [text_embeddings] if guidance == 1 else match_token_lengths(uncond_embeddings, text_embeddings)
     emb = torch.cat([e.to(device, torch.float32).expand(n, -1, -1) for e in emb])
     hint = None
     if poses is not None:

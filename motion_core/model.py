@@ -34,6 +34,17 @@ SD15_CROSS_ATTENTION_DIM = 768
 TEMPORAL_KEY = "temporal_attention"
 
 
+def match_token_lengths(*embeddings: torch.Tensor) -> list[torch.Tensor]:
+    """Repeat each ``(b, tokens, dim)`` prompt embedding to the least common multiple of their token
+    counts (as ComfyUI does for long prompts), so they can share one batch. Repeating a whole token
+    sequence leaves cross-attention unchanged: every key and value just appears k times."""
+    import math
+
+    lengths = [e.shape[1] for e in embeddings]
+    target = math.lcm(*lengths)
+    return [e if e.shape[1] == target else e.repeat(1, target // e.shape[1], 1) for e in embeddings]
+
+
 def unet_part(name: str) -> str:
     """'down', 'mid' or 'up' for a module name inside the UNet."""
     for part in UNET_PARTS:

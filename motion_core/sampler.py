@@ -32,7 +32,7 @@ import torch
 from .attention import INJECTION_MODES, UNET_PARTS
 from .ddim import ProgressCallback, ddim_schedule, ddim_step
 from .errors import InputError, check_frame_counts, check_latent_size
-from .model import MotionModel
+from .model import MotionModel, match_token_lengths
 
 
 @dataclass
@@ -110,7 +110,7 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
 
     recon_emb = [uncond_embeddings, recon_embeddings] if cfg else [recon_embeddings]
     edit_emb = [uncond_embeddings, edit_embeddings] if cfg else [edit_embeddings]
-    emb = torch.cat([rows(e) for e in recon_emb + edit_emb])
+    emb = torch.cat([rows(e) for e in match_token_lengths(*recon_emb, *edit_emb)])
 
     hint_shape = (n, 3, inverted_latents.shape[-2] * 8, inverted_latents.shape[-1] * 8)
     zeros = torch.zeros(hint_shape, device=device)

@@ -19,8 +19,9 @@ if PACKAGE not in sys.modules:
         PACKAGE, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
     )
     module = importlib.util.module_from_spec(spec)
+    # Registered without running the root __init__: engine tests then do not depend on the nodes
+    # importing; tests/test_nodes_contract.py runs the root __init__ as ComfyUI does.
     sys.modules[PACKAGE] = module
-    spec.loader.exec_module(module)
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 

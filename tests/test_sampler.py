@@ -97,3 +97,22 @@ def test_bad_inputs(setup):
         _run(s, inject_parts=("middle",))
     with pytest.raises(InputError, match="resize them"):
         two_branch_sample(s["model"], s["z"], s["ps"], s["pt"], s["src"], s["ref"][..., :32, :32])
+
+
+def test_prompts_of_different_token_lengths(setup):
+    """A 154-token prompt (two CLIP chunks) next to a 77-token one: repeated to a common length,
+    which leaves cross-attention unchanged."""
+    from edit_your_motion.motion_core.model import match_token_lengths
+
+    s = setup
+    a, b = match_token_lengths(s["ps"], torch.cat([s["pt"], s["pt"]], dim=1))
+    assert a.shape == b.shape == (1, 154, 32)
+    with torch.no_grad():
+        x = s["z"]
+        one = s["model"].predict(x, 500, s["ps"], 3, poses=s["src"])
+        two = s["model"].predict(x, 500, a, 3, poses=s["src"])
+    torch.testing.assert_close(one, two, atol=1e-5, rtol=1e-5)
+    long_t = torch.cat([s["pt"], s["pt"]], dim=1)
+    res = two_branch_sample(s["model"], s["z"], s["ps"], long_t, s["src"], s["ref"], SamplerConfig(num_steps=2))
+    ref = two_branch_sample(s["model"], s["z"], s["ps"], s["pt"], s["src"], s["ref"], SamplerConfig(num_steps=2))
+    torch.testing.assert_close(res.edited, ref.edited, atol=1e-4, rtol=1e-4)

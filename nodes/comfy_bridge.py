@@ -1,0 +1,276 @@
+"""The one module that talks to ComfyUI (``comfy.*``, ``folder_paths``).
+
+Everything else in the pack goes through these functions. Outside ComfyUI (tests, scripts) each
+falls back to plain torch: the best available device, a no-op progress bar, a local interrupt
+flag, and model folders under ``EYM_MODELS_DIR`` (default ``./models``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from ..motion_core.errors import ModelError
+
+log = logging.getLogger("edit_your_motion")
+
+try:  # pragma: no cover - exercised inside ComfyUI only
+    import comfy.model_management as _mm
+    import comfy.model_patcher as _patcher
+    import comfy.utils as _cu
+    import folder_paths as _fp
+
+    HAS_COMFY = True
+    Interrupted = _mm.InterruptProcessingException
+except ImportError:
+    _mm = _patcher = _cu = _fp = None
+    HAS_COMFY = False
+
+    class Interrupted(BaseException):
+        """Raised when processing is interrupted (ComfyUI's InterruptProcessingException outside ComfyUI)."""
+
+
+TUNED_FOLDER = "edit_your_motion"
+OPENPOSE_FOLDER = "openpose"
+_interrupt_flag = False
+
+
+# --------------------------------------------------------------------------- devices
+def torch_device() -> torch.device:
+    if HAS_COMFY:
+        return _mm.get_torch_device()
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def offload_device() -> torch.device:
+    return _mm.unet_offload_device() if HAS_COMFY else torch.device("cpu")
+
+
+def intermediate_device() -> torch.device:
+    return _mm.intermediate_device() if HAS_COMFY else torch.device("cpu")
+
+
+def soft_empty_cache() -> None:
+    if HAS_COMFY:
+        _mm.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def is_oom(exc: BaseException) -> bool:
+    if HAS_COMFY:
+        return bool(_mm.is_oom(exc))
+    return isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
+def supports_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu"
+
+
+# --------------------------------------------------------------------------- interruption / progress
+def check_interrupt() -> None:
+    """Raise :data:`Interrupted` if the user pressed Cancel (call it every step)."""
+    global _interrupt_flag
+    if HAS_COMFY:
+        _mm.throw_exception_if_processing_interrupted()
+    elif _interrupt_flag:
+        _interrupt_flag = False
+        raise Interrupted("processing interrupted")
+
+
+def request_interrupt() -> None:
+    """Ask the running node to stop at its next step (ComfyUI's Cancel, or a local flag)."""
+    global _interrupt_flag
+    if HAS_COMFY:
+        _mm.interrupt_current_processing(True)
+    else:
+        _interrupt_flag = True
+
+
+class Progress:
+    """ComfyUI's progress bar; ``step()`` also checks for interruption."""
+
+    def __init__(self, total: int, label: str = ""):
+        self.total, self.label, self.done = int(total), label, 0
+        self.bar = _cu.ProgressBar(self.total) if HAS_COMFY else None
+
+    def step(self, n: int = 1, loss: float | None = None) -> None:
+        check_interrupt()
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        if loss is not None and (self.done == self.total or self.done % max(1, self.total // 10) == 0):
+            log.info("%s step %d/%d, loss %.4f", self.label, self.done, self.total, loss)
+
+
+# --------------------------------------------------------------------------- model management
+class _Holder(torch.nn.Module):
+    """ComfyUI's ModelPatcher sets ``model.device``, which diffusers models do not allow; this plain
+    container takes that attribute instead."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.inner = module
+
+
+class Managed:
+    """A module whose device placement is managed by ComfyUI (or by hand outside it)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+        self.patcher = None
+        if HAS_COMFY:
+            self.patcher = _patcher.ModelPatcher(_Holder(module), load_device=torch_device(),
+                                                 offload_device=offload_device())
+
+    def load(self, memory_required: int = 0) -> torch.device:
+        """Put the module on the compute device, making room through ComfyUI first."""
+        if self.patcher is not None:
+            _mm.load_models_gpu([self.patcher], memory_required=memory_required, force_full_load=True)
+            return self.patcher.load_device
+        device = torch_device()
+        self.module.to(device)
+        return device
+
+    def release(self) -> None:
+        """Move the module off the GPU (and out of ComfyUI's loaded-model list)."""
+        if self.patcher is not None:
+            for i in range(len(_mm.current_loaded_models) - 1, -1, -1):
+                loaded = _mm.current_loaded_models[i]
+                if loaded.model is self.patcher:
+                    loaded.model_unload()
+                    _mm.current_loaded_models.pop(i)
+            _mm.soft_empty_cache()
+        else:
+            self.module.to(offload_device())
+            soft_empty_cache()
+
+
+def unload_other_models() -> None:
+    """Free the compute device for training: ComfyUI unloads every model it holds (checkpoint, CLIP,
+    VAE, ControlNet copies); they reload on demand when a later node needs them."""
+    if HAS_COMFY:
+        _mm.unload_all_models()
+    soft_empty_cache()
+
+
+# --------------------------------------------------------------------------- ComfyUI model objects
+def unet_weights(model) -> tuple[dict | torch.nn.Module, float]:
+    """LDM-layout UNet weights (LoRA and other patches applied) and the latent scale of a MODEL.
+
+    Outside ComfyUI a diffusers ``UNet2DConditionModel`` (or an LDM state dict) stands in for MODEL.
+    """
+    from diffusers import UNet2DConditionModel
+
+    from ..motion_core.model import SD15_LATENT_SCALE
+
+    if isinstance(model, (UNet2DConditionModel, dict)):
+        return model, SD15_LATENT_SCALE
+    if not (HAS_COMFY and hasattr(model, "model") and hasattr(model.model, "diffusion_model")):
+        raise ModelError(f"model must be a MODEL from a checkpoint loader; got {type(model).__name__}")
+    import comfy.supported_models as sm
+
+    cfg = model.model.model_config
+    if not isinstance(cfg, sm.SD15) or type(cfg) is not sm.SD15:
+        raise ModelError(
+            f"the MODEL is {type(cfg).__name__}, not Stable Diffusion 1.5; load an SD1.5 checkpoint "
+            "(e.g. v1-5-pruned-emaonly.safetensors) with Load Checkpoint"
+        )
+    scale = float(model.model.latent_format.scale_factor)
+    # state_dict_for_saving applies the MODEL's patches (LoRAs...) when a tensor is converted.
+    sd = model.state_dict_for_saving()
+    prefix = "model.diffusion_model."
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}, scale
+
+
+def controlnet_weights(control_net) -> dict | torch.nn.Module:
+    """LDM-layout weights of a CONTROL_NET (or a diffusers ControlNetModel / state dict outside ComfyUI)."""
+    from diffusers import ControlNetModel
+
+    if isinstance(control_net, (ControlNetModel, dict)):
+        return control_net
+    if HAS_COMFY:
+        import comfy.controlnet as cn
+
+        if type(control_net) is cn.ControlNet and getattr(control_net, "control_model", None) is not None:
+            return control_net.control_model.state_dict()
+        if isinstance(control_net, (cn.ControlLora,)) or hasattr(control_net, "t2i_model"):
+            raise ModelError(
+                f"the CONTROL_NET is a {type(control_net).__name__}; Edit-Your-Motion needs a full SD1.5 openpose "
+                "ControlNet (e.g. control_v11p_sd15_openpose.pth or its safetensors release) loaded with Load ControlNet Model"
+            )
+    raise ModelError(f"control_net must be a CONTROL_NET from Load ControlNet Model; got {type(control_net).__name__}")
+
+
+# --------------------------------------------------------------------------- model folders
+def _fallback_models_dir() -> Path:
+    return Path(os.environ.get("EYM_MODELS_DIR", "models")).resolve()
+
+
+def register_model_folders() -> None:
+    """Register the pack's folders: ``models/edit_your_motion`` (tuned weights) and ``models/openpose``."""
+    if not HAS_COMFY:
+        return
+    for name in (TUNED_FOLDER, OPENPOSE_FOLDER):
+        path = os.path.join(_fp.models_dir, name)
+        if name not in _fp.folder_names_and_paths:
+            _fp.add_model_folder_path(name, path, is_default=True)
+
+
+def folder_paths_for(name: str) -> list[str]:
+    if HAS_COMFY:
+        try:
+            return list(_fp.get_folder_paths(name))
+        except KeyError:
+            return [os.path.join(_fp.models_dir, name)]
+    return [str(_fallback_models_dir() / name)]
+
+
+def list_files(name: str, suffixes: tuple[str, ...] = ()) -> list[str]:
+    if HAS_COMFY:
+        try:
+            files = _fp.get_filename_list(name)
+        except KeyError:
+            files = []
+    else:
+        files = []
+        for folder in folder_paths_for(name):
+            root = Path(folder)
+            if root.is_dir():
+                files += [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
+    return sorted(f for f in files if not suffixes or f.endswith(suffixes))
+
+
+def full_path(name: str, filename: str) -> str | None:
+    if HAS_COMFY:
+        try:
+            return _fp.get_full_path(name, filename)
+        except KeyError:
+            return None
+    for folder in folder_paths_for(name):
+        p = Path(folder) / filename
+        if p.is_file():
+            return str(p)
+    return None
+
+
+def output_folder(name: str) -> Path:
+    """First registered folder for ``name`` (created if needed): where new files are written."""
+    path = Path(folder_paths_for(name)[0])
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def training_enabled():
+    """Leave ComfyUI's inference mode and enable gradients for a training loop."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield

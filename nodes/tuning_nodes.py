@@ -1,0 +1,134 @@
+"""Tuning nodes: the two stages of Detailed Prompt-Guided Learning (DPL)."""
+
+from __future__ import annotations
+
+import logging
+
+from ..motion_core.tuner import SHUFFLE_MODES, TuneConfig, tune_stage
+from . import comfy_bridge as bridge
+from .handle import (
+    CATEGORY, MODEL_TYPE, PERMUTATION_TYPE, activated, check_handle, embedding, latents_in, pose_hint,
+    training_precision,
+)
+
+log = logging.getLogger("edit_your_motion")
+
+PRECISION_TOOLTIP = (
+    "Arithmetic precision of tuning. auto: bf16 (or fp16 on GPUs without bf16) when the weights are stored in "
+    "half precision, else fp32. bf16/fp16 roughly halve memory and time on a GPU; trained tensors keep a float32 "
+    "master copy either way. fp16 is GPU-only."
+)
+CHECKPOINT_TOOLTIP = (
+    "Recompute activations during the backward pass instead of storing them: much less memory (needed for 8+ "
+    "frames at 512x512 on 12-24 GB cards), about 20-30 % slower. Results are the same."
+)
+
+
+def _common_inputs(steps_tooltip: str) -> dict:
+    return {
+        "steps": ("INT", {"default": 300, "min": 1, "max": 10000, "tooltip": steps_tooltip}),
+        "learning_rate": ("FLOAT", {"default": 3e-5, "min": 1e-7, "max": 1e-2, "step": 1e-6, "round": False,
+                                    "tooltip": "AdamW learning rate (paper: 3e-5)."}),
+        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                         "tooltip": "Seed of the random timesteps, noise and frame orders (same seed, same result)."}),
+        "precision": (["auto", "fp32", "bf16", "fp16"], {"default": "auto", "tooltip": PRECISION_TOOLTIP}),
+        "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": CHECKPOINT_TOOLTIP}),
+        "control_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                                       "tooltip": "Strength of the openpose ControlNet residuals while tuning."}),
+    }
+
+
+def _tune(stage: int, video_model, latent, conditioning, poses, cond_name: str, latent_name: str,
+          config: TuneConfig, permutation=None):
+    handle = check_handle(video_model, "video_model")
+    scale = handle.engine.latent_scale
+    latents = latents_in(latent, scale, latent_name)
+    emb = embedding(conditioning, cond_name)
+    hint = pose_hint(poses, latents, "source_poses")
+    config.start_step = handle.steps.get(stage, 0)  # continuing a tuned model draws fresh randomness
+    bridge.unload_other_models()
+    progress = bridge.Progress(config.steps, f"Edit-Your-Motion stage {stage}")
+    with activated(handle, trains=True) as model:
+        config.precision = training_precision(config.precision, handle, model.device)
+        result = tune_stage(model, stage, latents, emb, hint, config,
+                            callback=lambda step, total, loss: progress.step(loss=loss), permutation=permutation)
+    log.info("stage %d: %d steps, loss %.4f -> %.4f", stage, config.steps, result.losses[0], result.losses[-1])
+    return (handle.with_stage(stage, config.steps, result.state),)
+
+
+class TuneStage1:
+    DESCRIPTION = (
+        "Stage 1 of Edit-Your-Motion's two-stage tuning: learns the person's appearance and the background-free "
+        "content from shuffled, background-masked frames with the content prompt. Trains only RC-Attn (the spatial "
+        "self-attention projections)."
+    )
+    CATEGORY = f"{CATEGORY}/tuning"
+    FUNCTION = "run"
+    RETURN_TYPES = (MODEL_TYPE,)
+    RETURN_NAMES = ("video_model",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        required = {
+            "video_model": (MODEL_TYPE, {"tooltip": "The video model from Load Video Model (or a tuned one to continue)."}),
+            "masked_latent": ("LATENT", {"tooltip": "VAE Encode of the source frames with the background masked out (EYM Mask Background), in their original order."}),
+            "content_conditioning": ("CONDITIONING", {"tooltip": "The content prompt P_c: the person and background, no motion (e.g. 'a boy wearing black clothes and gray pants')."}),
+            "source_poses": ("IMAGE", {"tooltip": "Pose images of the source video, one per frame (EYM Extract Poses)."}),
+        }
+        required.update(_common_inputs("Optimisation steps (paper: 300)."))
+        required["shuffle"] = (list(SHUFFLE_MODES), {
+            "default": "per_step",
+            "tooltip": "per_step: a fresh random frame order every step (paper). fixed: one order (the 'permutation' input, "
+                       "else one from the seed). none: original order (ablation).",
+        })
+        return {"required": required, "optional": {
+            "permutation": (PERMUTATION_TYPE, {"tooltip": "A frame order from EYM Shuffle Frames, used when shuffle is 'fixed'."}),
+        }}
+
+    def run(self, video_model, masked_latent, content_conditioning, source_poses, steps, learning_rate, seed,
+            precision, gradient_checkpointing, control_strength, shuffle, permutation=None):
+        config = TuneConfig(steps=steps, learning_rate=learning_rate, seed=seed, precision=precision,
+                            gradient_checkpointing=gradient_checkpointing, shuffle=shuffle, control_scale=control_strength)
+        return _tune(1, video_model, masked_latent, content_conditioning, source_poses, "content_conditioning",
+                     "masked_latent", config, permutation)
+
+
+class TuneStage2:
+    DESCRIPTION = (
+        "Stage 2 of Edit-Your-Motion's two-stage tuning: learns the clip's temporal coherence from the ordered, "
+        "unmasked frames with the source prompt. Trains only the temporal attention layers; the loss mixes the "
+        "reconstruction loss with the noise constraint loss between neighbouring frames."
+    )
+    CATEGORY = f"{CATEGORY}/tuning"
+    FUNCTION = "run"
+    RETURN_TYPES = (MODEL_TYPE,)
+    RETURN_NAMES = ("video_model",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        required = {
+            "video_model": (MODEL_TYPE, {"tooltip": "The video model after Stage 1 Tuning."}),
+            "latent": ("LATENT", {"tooltip": "VAE Encode of the source frames, unmasked, in their original order."}),
+            "source_conditioning": ("CONDITIONING", {"tooltip": "The source prompt P_s: the content prompt plus the source motion (e.g. '... is dancing')."}),
+            "source_poses": ("IMAGE", {"tooltip": "Pose images of the source video, one per frame."}),
+        }
+        required.update(_common_inputs("Optimisation steps (paper: 300)."))
+        required["noise_constraint_lambda"] = ("FLOAT", {
+            "default": 0.9, "min": 0.0, "max": 1.0, "step": 0.01,
+            "tooltip": "lambda in (1 - lambda) * L_noise + lambda * L_rec (paper: 0.9). Lower values smooth the motion more.",
+        })
+        return {"required": required}
+
+    def run(self, video_model, latent, source_conditioning, source_poses, steps, learning_rate, seed, precision,
+            gradient_checkpointing, control_strength, noise_constraint_lambda):
+        config = TuneConfig(steps=steps, learning_rate=learning_rate, seed=seed, precision=precision,
+                            gradient_checkpointing=gradient_checkpointing, lam=noise_constraint_lambda,
+                            control_scale=control_strength)
+        return _tune(2, video_model, latent, source_conditioning, source_poses, "source_conditioning", "latent", config)
+
+
+NODE_CLASS_MAPPINGS = {"EYM_TuneStage1": TuneStage1, "EYM_TuneStage2": TuneStage2}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "EYM_TuneStage1": "EYM Stage 1 Tuning (content, shuffled + masked)",
+    "EYM_TuneStage2": "EYM Stage 2 Tuning (temporal, ordered)",
+}
