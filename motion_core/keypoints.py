@@ -31,6 +31,8 @@ __all__ = [
     "render_pose_images",
     "to_pose_keypoint",
     "from_pose_keypoint",
+    "ANCHOR_MODES",
+    "resize_keypoints",
     "alignment_parameters",
     "align_skeletons",
     "person_masks_from_keypoints",
@@ -340,11 +342,31 @@ def _format_indices(indices: Sequence[int], limit: int = 30) -> str:
     return shown + (f", ... ({len(indices)} in all)" if len(indices) > limit else "")
 
 
+def resize_keypoints(keypoints, height: int, width: int, new_height: int, new_width: int) -> np.ndarray:
+    """Rescale pixel keypoints from a ``width x height`` canvas to ``new_width x new_height``.
+
+    ``x`` is multiplied by ``new_width / width`` and ``y`` by ``new_height / height`` (the same mapping
+    as resizing the image); missing points stay ``(0, 0, 0)``, confidences are unchanged. Returns a new
+    float32 ``(n, 18, 3)`` array.
+    """
+    kp = as_keypoint_array(keypoints)
+    sizes = [int(height), int(width), int(new_height), int(new_width)]
+    if min(sizes) < 1:
+        raise InputError(f"canvas sizes must be positive; got {width}x{height} -> {new_width}x{new_height}")
+    present = present_mask(kp)
+    kp[..., 0] = np.where(present, kp[..., 0] * (sizes[3] / sizes[1]), 0.0)
+    kp[..., 1] = np.where(present, kp[..., 1] * (sizes[2] / sizes[0]), 0.0)
+    return kp
+
+
 # ----------------------------------------------------------------------------------------------
 # skeleton offset (alignment)
 # ----------------------------------------------------------------------------------------------
 
 _ANCHOR_MODES = ("neck_hip", "neck_shoulders", "bbox")
+# the anchor choices callers may pass to alignment_parameters / align_skeletons (neck_shoulders is only
+# the automatic fallback of neck_hip)
+ANCHOR_MODES: tuple[str, ...] = ("neck_hip", "bbox")
 
 
 def _anchor_and_size(kp: np.ndarray, mode: str, need_size: bool):
@@ -389,7 +411,7 @@ def alignment_parameters(reference, source, anchor: str = "neck_hip", scale: boo
     """
     ref = as_keypoint_array(reference, reference_name)
     src = as_keypoint_array(source, source_name)
-    if anchor not in ("neck_hip", "bbox"):
+    if anchor not in ANCHOR_MODES:
         raise InputError(f"anchor must be 'neck_hip' or 'bbox'; got {anchor!r}")
     modes = _ANCHOR_MODES if anchor == "neck_hip" else ("bbox",)
     for mode in modes:
@@ -486,7 +508,7 @@ def _body_sizes(kp: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def person_masks_from_keypoints(keypoints, height: int, width: int, limb_width: float | None = None,
-                                dilate: int | None = None) -> torch.Tensor:
+                                dilate: int | None = None, grow: float = 1.0) -> torch.Tensor:
     """Rough person masks from skeletons, for users without a segmentation node.
 
     Per frame: every limb of ``LIMB_SEQUENCE`` with both ends present as a thick line, a disk on every
@@ -497,6 +519,9 @@ def person_masks_from_keypoints(keypoints, height: int, width: int, limb_width: 
     shoulder width when that is unavailable; at least 3% of the short image side):
     limb width ``0.35 T`` (unless ``limb_width`` pixels is given), head radius ``0.4 T`` (enlarged to
     reach every face point), dilation ``0.15 T`` pixels (unless ``dilate`` pixels is given; 0 = none).
+    ``grow`` multiplies these automatic sizes (limb width, head radius, dilation; not an explicit
+    ``limb_width`` / ``dilate``): above 1 for a looser mask around clothes and hair, below 1 for a
+    tighter one.
 
     A frame without any present keypoint gives an all-zero mask; the caller decides if that is an error.
 
@@ -507,6 +532,9 @@ def person_masks_from_keypoints(keypoints, height: int, width: int, limb_width: 
     height, width = int(height), int(width)
     if height < 1 or width < 1:
         raise InputError(f"mask size must be positive; got {width}x{height}")
+    grow = float(grow)
+    if not (math.isfinite(grow) and grow > 0):
+        raise InputError(f"grow must be a positive number; got {grow}")
     present = present_mask(kp)
     sizes = _body_sizes(kp, height, width)
     masks = np.zeros((kp.shape[0], height, width), dtype=np.uint8)
@@ -515,7 +543,7 @@ def person_masks_from_keypoints(keypoints, height: int, width: int, limb_width: 
             continue
         m = masks[f]
         T = float(sizes[f])
-        lw = max(1, int(round(limb_width if limb_width is not None else 0.35 * T)))
+        lw = max(1, int(round(limb_width if limb_width is not None else 0.35 * T * grow)))
         pts = np.round(kp[f, :, :2].astype(np.float64)).astype(np.int64)
         pts = np.clip(pts, -(2 ** 20), 2 ** 20)  # keep OpenCV in range for wild outliers
         torso = [pts[j] for j in _TORSO_POINTS if present[f, j]]
@@ -532,9 +560,9 @@ def person_masks_from_keypoints(keypoints, height: int, width: int, limb_width: 
         if head:
             centre = kp[f, head, :2].astype(np.float64).mean(axis=0)
             reach = np.linalg.norm(kp[f, head, :2] - centre, axis=1).max()
-            radius = int(math.ceil(max(0.4 * T, reach + lw / 2)))
+            radius = int(math.ceil(max(0.4 * T * grow, reach + lw / 2)))
             cv2.circle(m, tuple(int(v) for v in np.round(centre)), radius, 1, thickness=-1)
-        d = int(round(0.15 * T)) if dilate is None else int(dilate)
+        d = int(round(0.15 * T * grow)) if dilate is None else int(dilate)
         if d > 0:
             kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * d + 1, 2 * d + 1))
             masks[f] = cv2.dilate(m, kernel)

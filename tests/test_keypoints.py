@@ -299,3 +299,32 @@ def test_person_masks_explicit_sizes_and_single_point():
     thick = K.person_masks_from_keypoints(_standing_person(), 128, 100, limb_width=12, dilate=4)
     assert float(thick.sum()) > float(thin.sum())
     assert bool((thick >= thin).all())
+
+
+def test_person_masks_grow_scales_automatic_sizes():
+    person = _standing_person()
+    tight = K.person_masks_from_keypoints(person, 128, 100, grow=0.5)
+    normal = K.person_masks_from_keypoints(person, 128, 100)
+    loose = K.person_masks_from_keypoints(person, 128, 100, grow=2.0)
+    assert torch.equal(normal, K.person_masks_from_keypoints(person, 128, 100, grow=1.0))
+    assert float(tight.sum()) < float(normal.sum()) < float(loose.sum())
+    assert bool((loose >= normal).all()) and bool((normal >= tight).all())
+    # explicit pixel sizes are not scaled
+    fixed = K.person_masks_from_keypoints(person, 128, 100, limb_width=4, dilate=0, grow=3.0)
+    assert float(fixed.sum()) < float(loose.sum())
+    with pytest.raises(InputError, match="grow"):
+        K.person_masks_from_keypoints(person, 128, 100, grow=0.0)
+
+
+def test_resize_keypoints_scales_present_points_only():
+    kp = np.zeros((2, 18, 3), np.float32)
+    kp[0, 1] = (10, 20, 0.7)
+    kp[1, 4] = (50, 5, 1.0)
+    out = K.resize_keypoints(kp, 100, 200, 50, 400)  # 200x100 -> 400x50
+    assert out[0, 1].tolist() == pytest.approx([20, 10, 0.7])
+    assert out[1, 4].tolist() == pytest.approx([100, 2.5, 1.0])
+    assert float(np.abs(out[0, 2]).sum()) == 0.0
+    assert kp[0, 1, 0] == 10  # input untouched
+    with pytest.raises(InputError):
+        K.resize_keypoints(kp, 0, 10, 10, 10)
+    assert K.ANCHOR_MODES[0] == "neck_hip" and "bbox" in K.ANCHOR_MODES

@@ -1,0 +1,112 @@
+"""Mask nodes: mask out the background of the source frames (stage 1 trains on U·M), and a rough person
+mask from keypoints for users without a segmentation node."""
+
+from __future__ import annotations
+
+import torch
+
+from ..motion_core.errors import InputError, check_frame_counts
+from ..motion_core.frames import apply_background_mask
+from ..motion_core.keypoints import person_masks_from_keypoints
+from . import comfy_bridge as bridge
+from .handle import CATEGORY
+from .pose_nodes import ALLOW_MISSING_TOOLTIP, PERSON_TOOLTIP, SIZE_TOOLTIP, keypoints_at_size
+
+MASK_CATEGORY = f"{CATEGORY}/masks"
+
+
+def _mask_batch(mask, name: str) -> torch.Tensor:
+    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise InputError(f"{name} must be a MASK (frames, height, width); got {shape}")
+    return mask[None] if mask.ndim == 2 else mask
+
+
+class MaskFrames:
+    DESCRIPTION = (
+        "Masks out the background of the source frames: masked = frames x mask + background x (1 - mask). "
+        "Stage 1 of Edit-Your-Motion learns the person's appearance and motion from the frames with the "
+        "background removed (U·M), so connect this node's output to Stage 1's frames."
+    )
+    CATEGORY = MASK_CATEGORY
+    FUNCTION = "run"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("masked_images",)
+    OUTPUT_TOOLTIPS = ("The frames with everything outside the mask set to the background value (U·M for Stage 1).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The source video frames."}),
+                "mask": ("MASK", {
+                    "tooltip": "The person mask (1 = person): from a segmentation node, EYM Person Mask From "
+                               "Keypoints, or Load Image's alpha (ComfyUI's mask is 1 where the image is "
+                               "transparent: add Invert Mask when the person is the opaque part). One frame (used "
+                               "for all) or one per frame; resized to the frames. Every frame must contain some "
+                               "person pixels.",
+                }),
+                "background": ("FLOAT", {
+                    "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                    "tooltip": "Value of the masked-out pixels: 0 = black, as in the paper.",
+                }),
+            }
+        }
+
+    def run(self, images, mask, background=0.0):
+        if not isinstance(images, torch.Tensor) or images.ndim != 4:
+            raise InputError("images must be an IMAGE batch (frames, height, width, channels)")
+        mask = _mask_batch(mask, "mask").to(images.device)
+        if mask.shape[0] != 1:
+            check_frame_counts(images=images, mask=mask)
+        out = apply_background_mask(images, mask, float(background))
+        return (out.to(bridge.intermediate_device()),)
+
+
+class KeypointMask:
+    DESCRIPTION = (
+        "A rough person mask drawn from the skeleton (thick limbs, filled torso, head disk, then dilated), for "
+        "masking the background when no segmentation node is at hand. A segmentation mask (e.g. SAM) follows "
+        "clothes and hair more closely."
+    )
+    CATEGORY = MASK_CATEGORY
+    FUNCTION = "run"
+    RETURN_TYPES = ("MASK",)
+    RETURN_NAMES = ("mask",)
+    OUTPUT_TOOLTIPS = ("Person mask (1 = person), one per frame.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pose_keypoint": ("POSE_KEYPOINT", {"tooltip": "Keypoints of the source video (e.g. from EYM Extract Poses)."}),
+                "person": ("STRING", {"default": "largest", "tooltip": PERSON_TOOLTIP}),
+                "width": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 8, "tooltip": SIZE_TOOLTIP.format(what="mask width")}),
+                "height": ("INT", {"default": 0, "min": 0, "max": 8192, "step": 8, "tooltip": SIZE_TOOLTIP.format(what="mask height")}),
+                "grow": ("FLOAT", {
+                    "default": 1.0, "min": 0.1, "max": 4.0, "step": 0.05,
+                    "tooltip": "Multiplier on the automatic sizes (limb width 0.35, head radius 0.4 and dilation "
+                               "0.15 of the torso length): above 1 covers loose clothes and hair, below 1 hugs "
+                               "the skeleton.",
+                }),
+                "allow_missing": ("BOOLEAN", {
+                    "default": False,
+                    "tooltip": ALLOW_MISSING_TOOLTIP.format(what="give those frames an empty mask"),
+                }),
+            }
+        }
+
+    def run(self, pose_keypoint, person="largest", width=0, height=0, grow=1.0, allow_missing=False):
+        kp, h, w = keypoints_at_size(pose_keypoint, person, bool(allow_missing), height, width)
+        masks = person_masks_from_keypoints(kp, h, w, grow=float(grow))
+        return (masks.to(bridge.intermediate_device()),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "EYM_MaskFrames": MaskFrames,
+    "EYM_KeypointMask": KeypointMask,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "EYM_MaskFrames": "EYM Mask Background",
+    "EYM_KeypointMask": "EYM Person Mask From Keypoints",
+}
