@@ -6,11 +6,13 @@ branch); the frame count is given on every call.
 
 from __future__ import annotations
 
+import weakref
 from contextlib import nullcontext
 
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedding
 from torch import nn
 
 from .attention import ATTENTION_MODES, UNET_PARTS, AttentionPlan, FrameAttnProcessor, FrameContext, TemporalAttention
@@ -104,6 +106,18 @@ def validate_controlnet(controlnet, unet: UNet2DConditionModel) -> None:
         raise ModelError("the ControlNet is an SDXL ControlNet; use an SD1.5 openpose ControlNet.")
 
 
+class _PoseEmbedding(ControlNetConditioningEmbedding):
+    """The ControlNet's pose-image embedding, which also passes through an input that is already
+    embedded. The embedding depends only on the pose images (not on the timestep or the latents), so
+    :class:`MotionModel` computes it once per clip and feeds it in; the weights and their names are
+    unchanged (the instance's class is swapped, nothing is wrapped)."""
+
+    def forward(self, conditioning):
+        if conditioning.shape[1] == self.conv_in.in_channels:
+            return super().forward(conditioning)
+        return conditioning
+
+
 def _temporal_hook(block, args, output):
     return block.temporal_attention(output)
 
@@ -154,6 +168,9 @@ class MotionModel(nn.Module):
         self.attention_mode = attention_mode
         self.compute_dtype = torch.float32
         self._plans: dict = {}
+        self._pose_cache = None
+        if controlnet is not None and type(controlnet.controlnet_cond_embedding) is ControlNetConditioningEmbedding:
+            controlnet.controlnet_cond_embedding.__class__ = _PoseEmbedding
         self.set_attention_mode(attention_mode)
 
     @classmethod
@@ -226,8 +243,22 @@ class MotionModel(nn.Module):
                 p.copy_(value.to(device=p.device, dtype=p.dtype))
 
     # ----------------------------------------------------------------- forward
-    def controlnet_residuals(self, latents, timesteps, text_embeddings, poses, control_scale):
-        """ControlNet residuals for each row (frozen, no gradients). Rows with scale 0 are skipped."""
+    def pose_embedding(self, poses: torch.Tensor) -> torch.Tensor:
+        """The ControlNet's embedding of ``poses`` (n, 3, H, W), cached while the same tensor (same
+        object, unmodified) comes back, as it does at every step of a run."""
+        c = self._pose_cache
+        if c is not None and c[0]() is poses and c[1] == poses._version and c[2] == self.compute_dtype:
+            return c[3]
+        with torch.no_grad():
+            emb = self.controlnet.controlnet_cond_embedding(poses.to(self.controlnet.dtype))
+        self._pose_cache = (weakref.ref(poses), poses._version, self.compute_dtype, emb)
+        return emb
+
+    def controlnet_residuals(self, latents, timesteps, text_embeddings, poses, control_scale, pose_order=None):
+        """ControlNet residuals for each row (frozen, no gradients). Rows with scale 0 are skipped.
+
+        ``pose_order`` (B,) picks the pose of each row from ``poses`` (default: row i uses pose i).
+        """
         b = latents.shape[0]
         scale = torch.as_tensor(control_scale, dtype=torch.float32, device=latents.device).flatten()
         if scale.numel() == 1:
@@ -237,10 +268,13 @@ class MotionModel(nn.Module):
             return None, None
         everything = rows.numel() == b
         pick = (lambda x: x) if everything else (lambda x: x.index_select(0, rows))
+        cond = self.pose_embedding(poses)
+        if pose_order is not None:
+            cond = cond.index_select(0, pose_order.to(cond.device))
         with torch.no_grad():
             down, mid = self.controlnet(
                 pick(latents), pick(timesteps), encoder_hidden_states=pick(text_embeddings),
-                controlnet_cond=pick(poses).to(latents.dtype), return_dict=False,
+                controlnet_cond=pick(cond), return_dict=False,
             )
         s = scale.index_select(0, rows).view(-1, 1, 1, 1)
         if everything:
@@ -254,14 +288,15 @@ class MotionModel(nn.Module):
 
     def predict(self, latents: torch.Tensor, timesteps, text_embeddings: torch.Tensor, num_frames: int,
                 poses: torch.Tensor | None = None, control_scale=1.0, plan: AttentionPlan | None = None,
-                inject_parts=()) -> torch.Tensor:
+                inject_parts=(), pose_order: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted noise for a batch of ``groups * num_frames`` frames.
 
         ``latents`` (B, 4, h, w) scaled latents; ``timesteps`` an int or (B,) tensor;
         ``text_embeddings`` (1 or B, tokens, dim); ``poses`` (B, 3, 8h, 8w) in 0..1 or None;
         ``control_scale`` a float or a (B,) tensor (0 = no ControlNet for that row); ``plan`` the
         attention plan (default: plain attention in this model's mode); ``inject_parts`` the UNet
-        parts (down/mid/up) where the plan's K/V injection is active for this call.
+        parts (down/mid/up) where the plan's K/V injection is active for this call;
+        ``pose_order`` (B,) the pose of each row (for shuffled frames; default: in order).
         """
         b = latents.shape[0]
         if num_frames < 1 or b % num_frames:
@@ -283,9 +318,9 @@ class MotionModel(nn.Module):
         with self.autocast():
             down = mid = None
             if self.controlnet is not None and poses is not None:
-                if poses.shape[0] != b:
+                if (poses.shape[0] if pose_order is None else pose_order.shape[0]) != b:
                     raise InputError(f"poses has {poses.shape[0]} frames; the latents have {b}")
-                down, mid = self.controlnet_residuals(latents, timesteps, text_embeddings, poses, control_scale)
+                down, mid = self.controlnet_residuals(latents, timesteps, text_embeddings, poses, control_scale, pose_order)
             out = self.unet(
                 latents, timesteps, encoder_hidden_states=text_embeddings,
                 down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,

@@ -214,16 +214,15 @@ def _train(model, stage, names, latents, text_embeddings, poses, config, callbac
         for k in range(config.start_step, config.start_step + config.steps):
             gen = _step_generator(config.seed, k)
             order = torch.randperm(n, generator=gen) if shuffle == "per_step" else permutation
-            z0, hint = latents, poses
+            z0 = latents
             if order is not None:
                 order = order.to(device)
                 z0 = z0.index_select(0, order)
-                hint = None if hint is None else hint.index_select(0, order)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=gen)
             noise = torch.randn(z0.shape, generator=gen).to(device)
             t = t.to(device).expand(n)
             zt = scheduler.add_noise(z0, noise, t)
-            pred = model.predict(zt, t, text_embeddings, n, poses=hint,
+            pred = model.predict(zt, t, text_embeddings, n, poses=poses, pose_order=order,
                                  control_scale=config.control_scale, plan=plan)
             loss = reconstruction_loss(pred, noise)
             if stage == 2:

@@ -119,3 +119,25 @@ def test_validation_errors():
         model.predict(torch.randn(5, 4, 8, 8), 10, torch.randn(1, 77, 32), 2)
     with pytest.raises(InputError, match="attention_mode"):
         model.set_attention_mode("full")
+
+
+def test_pose_embedding_is_computed_once_per_clip_and_never_stale():
+    n = 3
+    x, emb, pose = _inputs(n)
+    model = tiny.build_motion_model()
+    calls = []
+    model.controlnet.controlnet_cond_embedding.register_forward_hook(
+        lambda m, args, out: calls.append(args[0].shape[1] == 3))
+    with torch.no_grad():
+        a = model.predict(x, 400, emb, n, poses=pose)
+        b = model.predict(x, 700, emb, n, poses=pose)
+        assert sum(calls) == 1  # embedded once, passed through afterwards
+        pose.mul_(0.5)  # an in-place change must not hit the cache
+        c = model.predict(x, 400, emb, n, poses=pose)
+        assert sum(calls) == 2 and (a - c).abs().max() > 1e-6
+        # a permuted clip uses the cached embedding rows: same as permuting the poses themselves
+        order = torch.tensor([2, 0, 1])
+        d = model.predict(x, 400, emb, n, poses=pose, pose_order=order)
+        e = model.predict(x, 400, emb, n, poses=pose[order].clone())
+    torch.testing.assert_close(d, e, atol=1e-5, rtol=1e-5)
+    assert (a - b).abs().max() > 0

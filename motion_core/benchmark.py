@@ -1,0 +1,276 @@
+"""Speed and memory benchmark: ``python -m motion_core bench``.
+
+Per phase (a stage-1 tuning step, a stage-2 tuning step, a DDIM inversion step, a two-branch
+sampling step) it prints the time per step, the peak memory and the achieved TFLOP/s (FLOPs counted
+once with ``torch.utils.flop_counter.FlopCounterMode``, divided by the measured time), then the
+projected (or, with ``--full``, measured) wall time of the whole job: ``stage1_steps`` +
+``stage2_steps`` tuning steps, ``ddim_steps`` inversion steps and ``ddim_steps`` sampling steps.
+
+* CPU, tiny models: ``python -m motion_core bench`` (also prints two ratios CI-class machines can
+  show: batched RC-Attn vs a per-frame loop at 16 frames, and an inflated tuning step vs a plain
+  diffusers UNet training step of the same size).
+* GPU, SD1.5-shaped random weights, the paper's job (8 frames, 512x512, 300 + 300 + 50 + 50):
+  ``python -m motion_core bench --size sd15 --frames 8 --resolution 512 --full``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from torch.utils.flop_counter import FlopCounterMode
+
+from .attention import AttentionPlan, kv_frame_indices
+from .ddim import ddim_invert
+from .sampler import SamplerConfig, two_branch_sample
+from .tiny import build_motion_model, build_unet
+from .tuner import TuneConfig, tune_stage
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", choices=("tiny", "small", "sd15"), default="tiny", help="model size (sd15 = SD1.5 shapes, random weights)")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--resolution", type=int, default=64, help="frame size in pixels (latents are 1/8)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="weights and autocast: auto = bf16 on GPU, fp32 on CPU")
+    p.add_argument("--no-checkpointing", action="store_true", help="turn gradient checkpointing off")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per phase (after one warm-up step)")
+    p.add_argument("--stage1-steps", type=int, default=300)
+    p.add_argument("--stage2-steps", type=int, default=300)
+    p.add_argument("--ddim-steps", type=int, default=50)
+    p.add_argument("--full", action="store_true", help="run the whole job for real and time it")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (GPU)")
+    p.add_argument("--ratios", action=argparse.BooleanOptionalAction, default=None,
+                   help="also measure the CPU ratios (default: on for CPU runs)")
+    p.add_argument("--json", help="also write the results to this file")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def _peak(device: torch.device, out: dict):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    yield
+    _sync(device)
+    if device.type == "cuda":
+        out["peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    else:
+        out["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process RSS high-water mark
+
+
+def _timed(fn, device, repeats: int) -> float:
+    fn()  # warm-up
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t) / repeats
+
+
+def _flops(fn) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def build(args) -> tuple:
+    device = torch.device(args.device)
+    precision = args.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    model = build_motion_model(args.size, seed=0).to(device)
+    if precision != "fp32":
+        model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
+    model.compute_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if args.compile:
+        model.unet = torch.compile(model.unet)
+    n, hw = args.frames, args.resolution // 8
+    g = torch.Generator().manual_seed(0)
+    dim = model.unet.config.cross_attention_dim
+    data = dict(
+        latents=torch.randn(n, 4, hw, hw, generator=g).to(device),
+        poses=torch.rand(n, 3, hw * 8, hw * 8, generator=g).to(device),
+        ref=torch.rand(n, 3, hw * 8, hw * 8, generator=g).to(device),
+        emb=torch.randn(1, 77, dim, generator=g).to(device),
+        emb2=torch.randn(1, 77, dim, generator=g).to(device),
+    )
+    return model, data, precision, device
+
+
+def measure(args) -> dict:
+    model, d, precision, device = build(args)
+    n = args.frames
+    ckpt = not args.no_checkpointing
+    phases = {}
+
+    def tune(stage, steps):
+        return lambda: tune_stage(model, stage, d["latents"], d["emb"], d["poses"],
+                                  TuneConfig(steps=steps, precision=precision, gradient_checkpointing=ckpt))
+
+    def invert(steps):
+        return lambda: ddim_invert(model, d["latents"], d["emb"], d["poses"], num_steps=steps)
+
+    def sample(steps):
+        return lambda: two_branch_sample(model, d["latents"], d["emb"], d["emb2"], d["poses"], d["ref"],
+                                         SamplerConfig(num_steps=steps))
+
+    plan = {"stage1_step": (tune, 1, args.stage1_steps), "stage2_step": (tune, 2, args.stage2_steps),
+            "inversion_step": (invert, None, args.ddim_steps), "sampling_step": (sample, None, args.ddim_steps)}
+    for name, (make, stage, count) in plan.items():
+        one = make(stage, 1) if stage else make(1)
+        many = make(stage, args.steps) if stage else make(args.steps)
+        entry = {}
+        with _peak(device, entry):
+            one()  # warm-up (allocator, kernels, lazy imports)
+            _sync(device)
+            t = time.perf_counter()
+            many()  # one call of several steps: per-call set-up is shared, as in a real run
+            _sync(device)
+            entry["seconds"] = (time.perf_counter() - t) / args.steps
+        entry["tflop"] = _flops(one) / 1e12
+        entry["tflops_per_s"] = entry["tflop"] / entry["seconds"]
+        entry["job_steps"] = count
+        phases[name] = entry
+    projected = sum(p["seconds"] * p["job_steps"] for p in phases.values())
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "size": args.size, "frames": n, "resolution": args.resolution, "precision": precision,
+        "gradient_checkpointing": ckpt, "phases": phases, "projected_job_seconds": projected,
+        "job_tflop": sum(p["tflop"] * p["job_steps"] for p in phases.values()),
+    }
+    if args.full:
+        entry = {}
+        with _peak(device, entry):
+            _sync(device)
+            t = time.perf_counter()
+            tune(1, args.stage1_steps)()
+            tune(2, args.stage2_steps)()
+            z = ddim_invert(model, d["latents"], d["emb"], d["poses"], num_steps=args.ddim_steps)
+            two_branch_sample(model, z, d["emb"], d["emb2"], d["poses"], d["ref"], SamplerConfig(num_steps=args.ddim_steps))
+            _sync(device)
+            entry["seconds"] = time.perf_counter() - t
+        entry["tflops_per_s"] = result["job_tflop"] / entry["seconds"]
+        result["full_job"] = entry
+    return result
+
+
+# --------------------------------------------------------------------------- CPU ratios
+def loop_rc_attention(attn, hidden: torch.Tensor, num_frames: int, mode: str = "rc") -> torch.Tensor:
+    """Per-frame reference of an RC-Attn layer, written from the formula: for frame i,
+    ``Q = W_Q z_i``, ``K = W_K [z_p(i), z_i]``, ``V = W_V [z_p(i), z_i]``, attention, output projection."""
+    idx = kv_frame_indices(num_frames, mode).tolist()
+    heads = attn.heads
+    outs = []
+    for i in range(num_frames):
+        zi = hidden[i:i + 1]
+        kv = torch.cat([hidden[j:j + 1] for j in idx[i]], dim=1)
+        q, k, v = attn.to_q(zi), attn.to_k(kv), attn.to_v(kv)
+        d = q.shape[-1] // heads
+        split = lambda x: x.view(1, -1, heads, d).transpose(1, 2)
+        o = F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(1, -1, heads * d)
+        outs.append(attn.to_out[0](o))
+    return torch.cat(outs)
+
+
+def attention_ratio(frames: int = 16, tokens: int = 64, channels: int = 32, heads: int = 2, repeats: int = 50) -> dict:
+    """A batched RC-Attn layer (one projection per frame, one SDPA call) vs the per-frame loop, at
+    tiny-model sizes (8x8 latent tokens, 32 channels), outputs checked equal first."""
+    from diffusers.models.attention_processor import Attention
+
+    from .attention import FrameAttnProcessor, FrameContext
+
+    torch.manual_seed(0)
+    attn = Attention(channels, heads=heads, dim_head=channels // heads).eval()
+    attn.set_processor(FrameAttnProcessor(FrameContext(frames, AttentionPlan(frames, "rc", 1)), "down"))
+    hidden = torch.randn(frames, tokens, channels)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(attn(hidden), loop_rc_attention(attn, hidden, frames), atol=1e-5, rtol=1e-5)
+        batched = _timed(lambda: attn(hidden), cpu, repeats)
+        loop = _timed(lambda: loop_rc_attention(attn, hidden, frames), cpu, repeats)
+    return {"frames": frames, "tokens": tokens, "channels": channels, "batched_ms": batched * 1e3,
+            "loop_ms": loop * 1e3, "speedup": loop / batched}
+
+
+def tuning_step_ratio(size: str = "tiny", frames: int = 8, resolution: int = 64, repeats: int = 5) -> dict:
+    """An inflated stage-1 tuning step vs a plain diffusers UNet training step of the same size
+    (same frames as batch, same trained tensors: the attn1 projections; neither uses ControlNet).
+    Also reports the inflated step with its ControlNet."""
+    hw = resolution // 8
+    g = torch.Generator().manual_seed(0)
+    lat = torch.randn(frames, 4, hw, hw, generator=g)
+    cpu = torch.device("cpu")
+
+    plain = build_unet(size, 0).train()
+    emb = torch.randn(1, 77, plain.config.cross_attention_dim, generator=g).expand(frames, -1, -1)
+    plain.requires_grad_(False)
+    trained = [p for n, p in plain.named_parameters() if ".attn1." in n]
+    for p in trained:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(trained, lr=1e-5)
+    sched = DDPMScheduler(num_train_timesteps=1000)
+
+    def plain_step():
+        noise = torch.randn_like(lat)
+        t = torch.randint(0, 1000, (1,)).expand(frames)
+        pred = plain(sched.add_noise(lat, noise, t), t, encoder_hidden_states=emb).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def inflated_step(controlnet: bool):
+        model = build_motion_model(size, seed=0, controlnet=controlnet)
+        poses = torch.rand(frames, 3, resolution, resolution, generator=g) if controlnet else None
+        cfg = TuneConfig(steps=repeats, gradient_checkpointing=False)
+        tune_stage(model, 1, lat, emb[:1], poses, TuneConfig(steps=1, gradient_checkpointing=False))  # warm-up
+        t = time.perf_counter()
+        tune_stage(model, 1, lat, emb[:1], poses, cfg)
+        return (time.perf_counter() - t) / repeats
+
+    t_plain = _timed(plain_step, cpu, repeats)
+    t_inflated = inflated_step(False)
+    t_with_cn = inflated_step(True)
+    return {"size": size, "frames": frames, "plain_ms": t_plain * 1e3, "inflated_ms": t_inflated * 1e3,
+            "ratio": t_inflated / t_plain, "inflated_with_controlnet_ms": t_with_cn * 1e3}
+
+
+def run(args) -> int:
+    res = measure(args)
+    print(f"Edit-Your-Motion benchmark on {res['device']}: {res['size']} model, {res['frames']} frames at "
+          f"{res['resolution']}x{res['resolution']}, {res['precision']}, gradient checkpointing "
+          f"{'on' if res['gradient_checkpointing'] else 'off'}")
+    print(f"{'phase':<16}{'s/step':>10}{'TFLOP/step':>12}{'TFLOP/s':>10}{'peak GB':>10}{'job steps':>11}")
+    for name, p in res["phases"].items():
+        print(f"{name:<16}{p['seconds']:>10.4f}{p['tflop']:>12.4f}{p['tflops_per_s']:>10.3f}{p['peak_gb']:>10.2f}{p['job_steps']:>11}")
+    print(f"projected job: {res['projected_job_seconds']:.1f} s for {res['job_tflop']:.1f} TFLOP "
+          f"({res['job_tflop'] / res['projected_job_seconds']:.2f} TFLOP/s)")
+    if "full_job" in res:
+        f = res["full_job"]
+        print(f"measured job:  {f['seconds']:.1f} s, peak {f['peak_gb']:.2f} GB, {f['tflops_per_s']:.2f} TFLOP/s")
+    ratios = args.ratios if args.ratios is not None else args.device == "cpu"
+    if ratios:
+        a = attention_ratio()
+        print(f"RC-Attn at {a['frames']} frames: batched {a['batched_ms']:.3f} ms vs per-frame loop "
+              f"{a['loop_ms']:.3f} ms -> {a['speedup']:.1f}x faster")
+        r = tuning_step_ratio()
+        print(f"tuning step ({r['size']}, {r['frames']} frames): inflated {r['inflated_ms']:.1f} ms vs plain diffusers "
+              f"UNet {r['plain_ms']:.1f} ms -> {r['ratio']:.2f}x (with ControlNet: {r['inflated_with_controlnet_ms']:.1f} ms)")
+        res["ratios"] = {"attention": a, "tuning_step": r}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=2)
+    return 0
