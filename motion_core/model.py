@@ -246,12 +246,15 @@ class MotionModel(nn.Module):
     def pose_embedding(self, poses: torch.Tensor) -> torch.Tensor:
         """The ControlNet's embedding of ``poses`` (n, 3, H, W), cached while the same tensor (same
         object, unmodified) comes back, as it does at every step of a run."""
+        # Inference tensors (ComfyUI runs nodes in inference mode) keep no version counter; within
+        # one run nothing writes into the pose tensor, so identity is enough for them.
+        version = -1 if poses.is_inference() else poses._version
         c = self._pose_cache
-        if c is not None and c[0]() is poses and c[1] == poses._version and c[2] == self.compute_dtype:
+        if c is not None and c[0]() is poses and c[1] == version and c[2] == self.compute_dtype:
             return c[3]
         with torch.no_grad():
             emb = self.controlnet.controlnet_cond_embedding(poses.to(self.controlnet.dtype))
-        self._pose_cache = (weakref.ref(poses), poses._version, self.compute_dtype, emb)
+        self._pose_cache = (weakref.ref(poses), version, self.compute_dtype, emb)
         return emb
 
     def controlnet_residuals(self, latents, timesteps, text_embeddings, poses, control_scale, pose_order=None):

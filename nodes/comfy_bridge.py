@@ -221,7 +221,8 @@ def register_model_folders() -> None:
         return
     for name in (TUNED_FOLDER, OPENPOSE_FOLDER):
         path = os.path.join(_fp.models_dir, name)
-        if name not in _fp.folder_names_and_paths:
+        known = _fp.folder_names_and_paths.get(name, ([], set()))[0]
+        if path not in known:  # extra_model_paths.yaml may list other folders for it already
             _fp.add_model_folder_path(name, path, is_default=True)
 
 

@@ -55,7 +55,7 @@ class ShuffleFrames:
             "required": {
                 "images": ("IMAGE", {"tooltip": "The video frames to shuffle."}),
                 "seed": ("INT", {
-                    "default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                    "default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": "fixed",
                     "tooltip": "Seed of the random order: the same seed and frame count always give the same order.",
                 }),
             },

@@ -100,7 +100,7 @@ class TwoBranchSampler:
                 "steps": _steps_input(),
                 "control_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": "ControlNet strength in both branches."}),
                 "guidance": _guidance_input(),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Seed of the fresh noise when eta > 0 (eta 0 is deterministic)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": "fixed", "tooltip": "Seed of the fresh noise when eta > 0 (eta 0 is deterministic)."}),
                 "eta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "DDIM eta: 0 = deterministic (paper); above 0 adds noise each step."}),
                 "inject_start": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Fraction of the steps after which K/V injection starts (0 = from the first step)."}),
                 "inject_end": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Fraction of the steps at which K/V injection stops (1 = to the last step)."}),

@@ -29,7 +29,7 @@ def _common_inputs(steps_tooltip: str) -> dict:
         "steps": ("INT", {"default": 300, "min": 1, "max": 10000, "tooltip": steps_tooltip}),
         "learning_rate": ("FLOAT", {"default": 3e-5, "min": 1e-7, "max": 1e-2, "step": 1e-6, "round": False,
                                     "tooltip": "AdamW learning rate (paper: 3e-5)."}),
-        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": "fixed",
                          "tooltip": "Seed of the random timesteps, noise and frame orders (same seed, same result)."}),
         "precision": (["auto", "fp32", "bf16", "fp16"], {"default": "auto", "tooltip": PRECISION_TOOLTIP}),
         "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": CHECKPOINT_TOOLTIP}),

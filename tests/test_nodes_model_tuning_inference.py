@@ -24,6 +24,13 @@ def latent(frames):
     return {"samples": frames_to_latents(frames) / SCALE}
 
 
+@pytest.fixture(autouse=True)
+def comfy_inference_mode():
+    """ComfyUI executes every node under torch.inference_mode(); so do these tests."""
+    with torch.inference_mode():
+        yield
+
+
 @pytest.fixture
 def models_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("EYM_MODELS_DIR", str(tmp_path))
