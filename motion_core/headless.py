@@ -1,0 +1,253 @@
+"""The pack's main job from the command line: ``python -m motion_core edit``.
+
+With a ComfyUI install that has this pack in ``custom_nodes`` and the model files in its model
+folders, it copies your two videos into ComfyUI's input folder, fills the shipped API workflow
+(``workflows/api/edit_your_motion_api.json``) with your prompts and settings, runs it on a headless
+ComfyUI started on 127.0.0.1, and prints where the edited video was saved.
+
+Without that (a fresh machine) it says what is missing and runs the self-check instead.
+Nothing here imports ComfyUI: it talks to the server over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+PACK_ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW = PACK_ROOT / "workflows" / "api" / "edit_your_motion_api.json"
+
+# Node ids of the shipped API workflow and the class each must have.
+NODES = {
+    "checkpoint": ("1", "CheckpointLoaderSimple"), "controlnet": ("2", "ControlNetLoader"),
+    "source_video": ("4", "LoadVideo"), "source_frames": ("6", "ImageFromBatch"), "source_size": ("7", "ImageScale"),
+    "reference_video": ("8", "LoadVideo"), "reference_frames": ("10", "ImageFromBatch"),
+    "reference_size": ("11", "ImageScale"), "source_pose": ("12", "EYM_ExtractPoses"),
+    "reference_pose": ("13", "EYM_ExtractPoses"), "content_prompt": ("19", "CLIPTextEncode"),
+    "source_prompt": ("20", "CLIPTextEncode"), "target_prompt": ("21", "CLIPTextEncode"),
+    "stage1": ("22", "EYM_TuneStage1"), "stage2": ("23", "EYM_TuneStage2"), "inversion": ("25", "EYM_DDIMInversion"),
+    "sampler": ("26", "EYM_TwoBranchSampler"), "save": ("29", "SaveVideo"),
+}
+MODEL_FILES = (("checkpoints", "checkpoint"), ("controlnet", "controlnet"), ("openpose", "detector"))
+
+
+def _guess_comfyui() -> str | None:
+    parent = PACK_ROOT.parent
+    if parent.name == "custom_nodes" and (parent.parent / "main.py").is_file():
+        return str(parent.parent)
+    return None
+
+
+def add_edit_arguments(p) -> None:
+    g = p.add_argument_group("ComfyUI")
+    g.add_argument("--comfyui", default=os.environ.get("EYM_COMFYUI_DIR") or _guess_comfyui(),
+                   help="ComfyUI folder (default: $EYM_COMFYUI_DIR, or the ComfyUI this pack is installed in)")
+    g.add_argument("--python", default=os.environ.get("EYM_COMFYUI_PYTHON", sys.executable), help="ComfyUI's Python")
+    g.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU (very slow at 512x512)")
+    g.add_argument("--timeout", type=float, default=4 * 3600, help="seconds to wait for the edit")
+    i = p.add_argument_group("inputs")
+    i.add_argument("--source", help="video of the person to keep")
+    i.add_argument("--reference", help="video of the motion to give them")
+    i.add_argument("--content-prompt", help="P_c: the person and background, no motion")
+    i.add_argument("--source-prompt", help="P_s: P_c plus the source motion")
+    i.add_argument("--target-prompt", help="P_t: P_c plus the new motion")
+    i.add_argument("--checkpoint", help="SD1.5 checkpoint file name in ComfyUI/models/checkpoints")
+    i.add_argument("--controlnet", help="openpose ControlNet file name in ComfyUI/models/controlnet")
+    i.add_argument("--detector", default="body_pose_model.pth", help="OpenPose body model in ComfyUI/models/openpose")
+    s = p.add_argument_group("settings (paper defaults)")
+    s.add_argument("--frames", type=int, default=8)
+    s.add_argument("--size", type=int, default=512, help="frame width and height (divisible by 8)")
+    s.add_argument("--stage1-steps", type=int, default=300)
+    s.add_argument("--stage2-steps", type=int, default=300)
+    s.add_argument("--ddim-steps", type=int, default=50)
+    s.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default="selfcheck_output", help="where the self-check writes (when it runs)")
+    p.add_argument("--self-check", action="store_true", help="run the self-check even if ComfyUI and weights are present")
+
+
+def load_workflow(path: Path = WORKFLOW) -> dict:
+    graph = json.loads(path.read_text())
+    for name, (node, cls) in NODES.items():
+        if graph.get(node, {}).get("class_type") != cls:
+            raise RuntimeError(f"{path.name} changed: node {node} ({name}) should be {cls}")
+    return graph
+
+
+def fill_workflow(graph: dict, args, source_name: str, reference_name: str) -> dict:
+    """The shipped workflow with the user's files, prompts and settings."""
+    g = json.loads(json.dumps(graph))
+
+    def put(name, **values):
+        g[NODES[name][0]]["inputs"].update({k: v for k, v in values.items() if v is not None})
+
+    if args.size % 8:
+        raise SystemExit(f"--size {args.size} must be divisible by 8")
+    put("checkpoint", ckpt_name=args.checkpoint)
+    put("controlnet", control_net_name=args.controlnet)
+    put("source_video", file=source_name)
+    put("reference_video", file=reference_name)
+    for n in ("source_frames", "reference_frames"):
+        put(n, length=args.frames)
+    for n in ("source_size", "reference_size"):
+        put(n, width=args.size, height=args.size)
+    for n in ("source_pose", "reference_pose"):
+        put(n, detector=args.detector)
+    put("content_prompt", text=args.content_prompt)
+    put("source_prompt", text=args.source_prompt)
+    put("target_prompt", text=args.target_prompt)
+    put("stage1", steps=args.stage1_steps, seed=args.seed)
+    put("stage2", steps=args.stage2_steps, seed=args.seed)
+    put("inversion", steps=args.ddim_steps)
+    put("sampler", steps=args.ddim_steps, seed=args.seed)
+    return g
+
+
+def missing_for_real_run(args, graph: dict) -> list[str]:
+    """What stops a real edit; empty when everything is in place."""
+    reasons = []
+    if not args.comfyui or not (Path(args.comfyui) / "main.py").is_file():
+        reasons.append("no ComfyUI folder (pass --comfyui DIR or set EYM_COMFYUI_DIR)")
+        return reasons
+    comfy = Path(args.comfyui)
+    installed = [p for p in (comfy / "custom_nodes").glob("*") if p.resolve() == PACK_ROOT]
+    if not installed:
+        reasons.append(f"this pack is not installed in {comfy / 'custom_nodes'} (clone or link it there)")
+    wanted = {"checkpoint": args.checkpoint or graph[NODES["checkpoint"][0]]["inputs"]["ckpt_name"],
+              "controlnet": args.controlnet or graph[NODES["controlnet"][0]]["inputs"]["control_net_name"],
+              "detector": args.detector}
+    for folder, key in MODEL_FILES:
+        if not (comfy / "models" / folder / wanted[key]).is_file():
+            reasons.append(f"no {wanted[key]} in {comfy / 'models' / folder}")
+    for flag in ("source", "reference"):
+        value = getattr(args, flag)
+        if not value or not Path(value).is_file():
+            reasons.append(f"no --{flag} video given" if not value else f"--{flag} {value} does not exist")
+    return reasons
+
+
+# --------------------------------------------------------------------------- HTTP
+def _request(port: int, path: str, payload=None, timeout: float = 30.0):
+    data = None if payload is None else json.dumps(payload).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
+                                 headers={"Content-Type": "application/json"} if data else {})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        body = resp.read()
+    return json.loads(body) if body else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(comfy: Path, python: str, port: int, extra: list[str], log_path: Path, timeout: float = 300.0):
+    """Start ComfyUI on 127.0.0.1:``port``; return the process once ``/object_info`` answers."""
+    log = open(log_path, "wb")
+    cmd = [python, "main.py", "--listen", "127.0.0.1", "--port", str(port), "--disable-api-nodes", *extra]
+    proc = subprocess.Popen(cmd, cwd=comfy, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ComfyUI exited with code {proc.returncode}; see {log_path}")
+        try:
+            _request(port, "/object_info/EYM_LoadVideoModel", timeout=5)
+            return proc
+        except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+            time.sleep(1)
+    stop_server(proc)
+    raise RuntimeError(f"ComfyUI did not answer within {timeout:.0f} s; see {log_path}")
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(2)  # SIGINT: ComfyUI shuts down cleanly
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def queue(port: int, graph: dict) -> str:
+    try:
+        return _request(port, "/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})["prompt_id"]
+    except urllib.error.HTTPError as err:
+        raise RuntimeError(f"ComfyUI refused the workflow: {err.read().decode(errors='replace')[:2000]}") from None
+
+
+def wait(port: int, prompt_id: str, timeout: float, poll: float = 2.0, report=None) -> dict:
+    deadline, start = time.monotonic() + timeout, time.monotonic()
+    last = 0.0
+    while time.monotonic() < deadline:
+        entry = (_request(port, f"/history/{prompt_id}") or {}).get(prompt_id)
+        if entry and entry.get("status", {}).get("completed") is not None and (
+                entry["status"].get("completed") or entry["status"].get("status_str") == "error"):
+            return entry
+        if report and time.monotonic() - last > 60:
+            last = time.monotonic()
+            report(f"... running for {time.monotonic() - start:.0f} s")
+        time.sleep(poll)
+    raise TimeoutError(f"the edit did not finish within {timeout:.0f} s")
+
+
+def run_real(args, graph: dict, log=print) -> int:
+    comfy = Path(args.comfyui)
+    tag = uuid.uuid4().hex[:8]
+    names = {}
+    for flag in ("source", "reference"):
+        src = Path(getattr(args, flag))
+        names[flag] = f"eym_{flag}_{tag}{src.suffix}"
+        (comfy / "input").mkdir(exist_ok=True)
+        shutil.copyfile(src, comfy / "input" / names[flag])
+    filled = fill_workflow(graph, args, names["source"], names["reference"])
+    port = free_port()
+    log_path = Path(args.output).resolve() / f"comfyui_{tag}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log(f"starting ComfyUI in {comfy} (log: {log_path})")
+    proc = start_server(comfy, args.python, port, ["--cpu"] if args.cpu else [], log_path)
+    try:
+        prompt_id = queue(port, filled)
+        log(f"queued the edit ({args.frames} frames at {args.size}x{args.size}, "
+            f"{args.stage1_steps} + {args.stage2_steps} tuning steps, {args.ddim_steps} DDIM steps)")
+        entry = wait(port, prompt_id, args.timeout, report=log)
+    finally:
+        stop_server(proc)
+        for name in names.values():
+            (comfy / "input" / name).unlink(missing_ok=True)
+    status = entry.get("status", {})
+    if status.get("status_str") == "error":
+        for kind, detail in status.get("messages", []):
+            if kind == "execution_error":
+                log(f"ComfyUI error in {detail.get('node_type')}: {detail.get('exception_message')}")
+        return 1
+    saved = []
+    for out in entry.get("outputs", {}).values():
+        for item in out.get("images", []) + out.get("videos", []):
+            saved.append(comfy / "output" / item.get("subfolder", "") / item["filename"])
+    for path in saved:
+        log(f"edited video: {path}")
+    return 0 if saved else 1
+
+
+def run_edit(args, log=print) -> int:
+    graph = load_workflow()
+    reasons = [] if args.self_check else missing_for_real_run(args, graph)
+    if args.self_check or reasons:
+        if reasons:
+            log("A real edit needs ComfyUI with this pack and the SD1.5 model files; here:")
+            for r in reasons:
+                log(f"  - {r}")
+        from .selfcheck import run_selfcheck
+
+        return 0 if run_selfcheck(args.output, log=log)["passed"] else 1
+    return run_real(args, graph, log=log)

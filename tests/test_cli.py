@@ -1,0 +1,91 @@
+"""The command line: the self-check, the main job's fallback, filling the shipped workflow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import cv2
+import pytest
+
+from edit_your_motion.motion_core import headless
+from edit_your_motion.motion_core.selfcheck import BANNER, run_selfcheck
+
+
+def _args(**kw):
+    p = argparse.ArgumentParser()
+    headless.add_edit_arguments(p)
+    args = p.parse_args([])
+    args.comfyui = None
+    for k, v in kw.items():
+        setattr(args, k, v)
+    return args
+
+
+def test_selfcheck_writes_video_frames_and_report(tmp_path):
+    lines = []
+    report = run_selfcheck(tmp_path, frames=3, size=32, stage_steps=3, ddim_steps=3, log=lines.append)
+    assert lines[0] == BANNER and "SELF-CHECK" in lines[0]
+    assert report["passed"] and report["self_check"] is True
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["checks"] == report["checks"] and saved["self_check"] is True
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [f"frame_{i:03d}.png" for i in range(3)]
+    cap = cv2.VideoCapture(str(tmp_path / "selfcheck.mp4"))
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    assert count == 3 and cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 4 * 32
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_edit_falls_back_to_the_selfcheck_and_says_why(tmp_path, monkeypatch):
+    calls, lines = [], []
+    monkeypatch.setattr("edit_your_motion.motion_core.selfcheck.run_selfcheck",
+                        lambda output, log=print: calls.append(output) or {"passed": True})
+    assert headless.run_edit(_args(output=str(tmp_path)), log=lines.append) == 0
+    assert calls == [str(tmp_path)]
+    assert any("no ComfyUI folder" in line for line in lines)
+
+
+def test_missing_pieces_are_listed(tmp_path):
+    comfy = tmp_path / "ComfyUI"
+    (comfy / "custom_nodes").mkdir(parents=True)
+    (comfy / "main.py").write_text("")
+    (comfy / "models" / "checkpoints").mkdir(parents=True)
+    (comfy / "models" / "checkpoints" / "sd15.safetensors").write_bytes(b"x")
+    graph = headless.load_workflow()
+    reasons = headless.missing_for_real_run(_args(comfyui=str(comfy), checkpoint="sd15.safetensors",
+                                                  source=str(tmp_path / "nope.mp4")), graph)
+    text = "\n".join(reasons)
+    assert "not installed" in text and "control_v11p_sd15_openpose" in text and "body_pose_model.pth" in text
+    assert "nope.mp4 does not exist" in text and "no --reference video" in text
+    assert "sd15.safetensors" not in text
+
+
+def test_fill_workflow_puts_every_setting_in_its_node():
+    graph = headless.load_workflow()
+    args = _args(checkpoint="my.safetensors", controlnet="cn.safetensors", content_prompt="a girl",
+                 source_prompt="a girl is running", target_prompt="a girl is jumping", frames=6, size=256,
+                 stage1_steps=11, stage2_steps=12, ddim_steps=13, seed=7)
+    g = headless.fill_workflow(graph, args, "s.mp4", "r.mp4")
+    node = lambda name: g[headless.NODES[name][0]]["inputs"]
+    assert node("checkpoint")["ckpt_name"] == "my.safetensors" and node("controlnet")["control_net_name"] == "cn.safetensors"
+    assert node("source_video")["file"] == "s.mp4" and node("reference_video")["file"] == "r.mp4"
+    assert node("source_frames")["length"] == node("reference_frames")["length"] == 6
+    assert node("source_size")["width"] == node("reference_size")["height"] == 256
+    assert [node(n)["text"] for n in ("content_prompt", "source_prompt", "target_prompt")] == \
+        ["a girl", "a girl is running", "a girl is jumping"]
+    assert (node("stage1")["steps"], node("stage2")["steps"], node("inversion")["steps"], node("sampler")["steps"]) == (11, 12, 13, 13)
+    assert node("stage1")["seed"] == node("sampler")["seed"] == 7
+    assert graph[headless.NODES["stage1"][0]]["inputs"]["steps"] == 300  # the shipped graph is untouched
+    with pytest.raises(SystemExit, match="divisible by 8"):
+        headless.fill_workflow(graph, _args(size=250), "s.mp4", "r.mp4")
+
+
+def test_workflow_ids_are_checked(tmp_path):
+    graph = headless.load_workflow()
+    graph["22"]["class_type"] = "KSampler"
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(graph))
+    with pytest.raises(RuntimeError, match="node 22"):
+        headless.load_workflow(path)
