@@ -29,6 +29,23 @@ def _strip(state_dict: dict, prefix: str) -> dict:
     return dict(state_dict)
 
 
+def own_copy(src: torch.Tensor, device, dtype: torch.dtype) -> torch.Tensor:
+    """A plain tensor of our own holding ``src``'s values on ``device`` as ``dtype``.
+
+    ``src.to()`` runs first because ComfyUI's lazy parameters apply the model's patches (LoRAs)
+    there; they may also ignore the requested device, dtype and copy, and hand back ComfyUI's own
+    inference-mode storage. The result is therefore converted again and cloned whenever it could
+    still be shared or is an inference tensor.
+    """
+    v = src.to(device=device, dtype=dtype)
+    if type(v) is not torch.Tensor:
+        v = v.as_subclass(torch.Tensor)
+    v = v.detach().to(device=device, dtype=dtype)
+    if v.is_inference() or (v.device.type != "meta" and v.data_ptr() == src.data_ptr()):
+        v = v.clone()
+    return v
+
+
 def _materialise(module_cls, config: dict, state: dict, what: str, dtype: torch.dtype, device) -> torch.nn.Module:
     with torch.device("meta"):
         module = module_cls(**config)
@@ -43,7 +60,7 @@ def _materialise(module_cls, config: dict, state: dict, what: str, dtype: torch.
             detail += ("; " if detail else "") + f"{len(wrong)} with other shapes (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})"
         raise ModelError(f"these weights are not an SD1.5 {what}: {detail}. Load an SD1.5 {what}.")
     with torch.inference_mode(False):
-        tensors = {k: state[k].to(device=device, dtype=dtype, copy=True) for k in expected}
+        tensors = {k: own_copy(state[k], device, dtype) for k in expected}
         module.load_state_dict(tensors, strict=True, assign=True)
     del unexpected
     return module.eval().requires_grad_(False)

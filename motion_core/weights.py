@@ -93,6 +93,9 @@ def save_tuned_weights(path: str | os.PathLike, model: MotionModel, state: dict[
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; saved weights are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

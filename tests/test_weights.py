@@ -99,3 +99,13 @@ def test_bad_files(tmp_path):
         weights.save_tuned_weights(tmp_path / "x.pt", model, model.tuned_state(), {1: 1})
     with pytest.raises(InputError, match="no tuned tensors"):
         weights.save_tuned_weights(tmp_path / "x.safetensors", model, {}, {1: 1})
+
+
+def test_saved_file_has_ordinary_permissions(tmp_path):
+    import os
+
+    model = _tuned_model()
+    path = weights.save_tuned_weights(tmp_path / "p.safetensors", model, model.tuned_state((1,)), {1: 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
