@@ -126,11 +126,13 @@ class AttentionPlan:
 
 
 def planned_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int, groups: list[RowGroup], is_self: bool
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor | None, heads: int, groups: list[RowGroup], is_self: bool
 ) -> torch.Tensor:
     """Attention of ``query`` rows over gathered ``key``/``value`` rows, one SDPA call per group.
 
-    All tensors are ``(rows, tokens, channels)``; returns ``(rows, tokens, channels)``.
+    All tensors are ``(rows, tokens, channels)``; returns ``(rows, tokens, channels)``. With
+    ``value=None``, ``key`` holds keys and values side by side (``(rows, tokens, 2 * channels)``,
+    from one fused projection), so each group needs one gather instead of two.
     """
     rows, tokens, channels = query.shape
     head_dim = channels // heads
@@ -139,15 +141,20 @@ def planned_attention(
         return x.view(x.shape[0], -1, heads, head_dim).transpose(1, 2)
 
     if is_self:
-        out = F.scaled_dot_product_attention(split(query), split(key), split(value))
+        k, v = key.split(channels, dim=-1) if value is None else (key, value)
+        out = F.scaled_dot_product_attention(split(query), split(k), split(v))
         return out.transpose(1, 2).reshape(rows, tokens, channels)
 
     outs = []
     for grp in groups:
         n_rows, m = grp.kv_rows.shape
         flat = grp.kv_rows.reshape(-1)
-        k = key.index_select(0, flat).view(n_rows, m * key.shape[1], channels)
-        v = value.index_select(0, flat).view(n_rows, m * value.shape[1], channels)
+        if value is None:
+            kv = key.index_select(0, flat).view(n_rows, m * key.shape[1], 2 * channels)
+            k, v = kv.split(channels, dim=-1)
+        else:
+            k = key.index_select(0, flat).view(n_rows, m * key.shape[1], channels)
+            v = value.index_select(0, flat).view(n_rows, m * value.shape[1], channels)
         mask = None
         if grp.block_bias is not None:
             mask = grp.block_bias.to(query.dtype).repeat_interleave(key.shape[1], dim=1)[:, None, None, :]
@@ -155,6 +162,18 @@ def planned_attention(
         o = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
         outs.append(o.transpose(1, 2).reshape(n_rows, tokens, channels))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+
+
+def fused_qkv(attn: Attention, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``W_Q z`` and ``[W_K z | W_V z]`` (keys and values side by side) from ONE GEMM when the three
+    projections are plain linear layers (else three calls, e.g. for adapter-wrapped layers)."""
+    projections = (attn.to_q, attn.to_k, attn.to_v)
+    if all(type(p) is nn.Linear for p in projections) and len({p.bias is None for p in projections}) == 1:
+        bias = None if attn.to_q.bias is None else torch.cat([p.bias for p in projections])
+        qkv = F.linear(hidden_states, torch.cat([p.weight for p in projections]), bias)
+        inner = attn.to_q.out_features
+        return qkv[..., :inner], qkv[..., inner:]
+    return attn.to_q(hidden_states), torch.cat([attn.to_k(hidden_states), attn.to_v(hidden_states)], dim=-1)
 
 
 @dataclass
@@ -183,9 +202,7 @@ class FrameAttnProcessor:
         residual = hidden_states
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
+        query, kv = fused_qkv(attn, hidden_states)
         plan = self.context.plan
         if plan is None or plan.num_frames * plan.num_groups != hidden_states.shape[0]:
             raise RuntimeError(
@@ -193,11 +210,23 @@ class FrameAttnProcessor:
                 "context does not match; call it through MotionModel.predict"
             )
         groups = plan.injected if self.part in self.context.inject_parts else plan.base
-        out = planned_attention(query, key, value, attn.heads, groups, plan.is_self and groups is plan.base)
-        out = attn.to_out[1](attn.to_out[0](out.to(query.dtype)))
+        out = planned_attention(query, kv, None, attn.heads, groups, plan.is_self and groups is plan.base)
+        out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + residual
-        return out / attn.rescale_output_factor
+        return out if attn.rescale_output_factor == 1 else out / attn.rescale_output_factor
+
+
+class FrameAttention(Attention):
+    """``attn1`` of an inflated transformer block: calls its processor directly. (diffusers'
+    ``Attention.forward`` inspects the processor's signature on every call to filter keyword
+    arguments, which costs more than the attention itself on small layers.) Installed by swapping
+    the instance's class, so weights and their names are unchanged."""
+
+    def forward(self, hidden_states, encoder_hidden_states=None, attention_mask=None, **cross_attention_kwargs):
+        if not isinstance(self.processor, FrameAttnProcessor):
+            return super().forward(hidden_states, encoder_hidden_states, attention_mask, **cross_attention_kwargs)
+        return self.processor(self, hidden_states, encoder_hidden_states, attention_mask)
 
 
 class TemporalAttention(nn.Module):
@@ -218,7 +247,12 @@ class TemporalAttention(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         f = self.context.num_frames
         tokens = hidden_states.shape[1]
-        h = rearrange(hidden_states, "(b f) d c -> (b d) f c", f=f)
-        h = self.attn(self.norm(h))
+        h = self.norm(rearrange(hidden_states, "(b f) d c -> (b d) f c", f=f))
+        q, kv = fused_qkv(self.attn, h)
+        k, v = kv.chunk(2, dim=-1)
+        heads = self.attn.heads
+        split = lambda x: rearrange(x, "n f (h d) -> n h f d", h=heads)
+        h = rearrange(F.scaled_dot_product_attention(split(q), split(k), split(v)), "n h f d -> n f (h d)")
+        h = self.attn.to_out[0](h)
         return hidden_states + rearrange(h, "(b d) f c -> (b f) d c", d=tokens)
 

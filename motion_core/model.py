@@ -12,10 +12,13 @@ from contextlib import nullcontext
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.attention_processor import Attention
 from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedding
 from torch import nn
 
-from .attention import ATTENTION_MODES, UNET_PARTS, AttentionPlan, FrameAttnProcessor, FrameContext, TemporalAttention
+from .attention import (
+    ATTENTION_MODES, UNET_PARTS, AttentionPlan, FrameAttention, FrameAttnProcessor, FrameContext, TemporalAttention,
+)
 from .errors import InputError, ModelError
 
 #: Noise schedule of Stable Diffusion 1.5 (its ``scheduler_config.json``).
@@ -136,6 +139,8 @@ def inflate_unet(unet: UNet2DConditionModel, context: FrameContext) -> UNet2DCon
     for name, block in unet.named_modules():
         if isinstance(block, BasicTransformerBlock):
             attn = block.attn1
+            if type(attn) is Attention:
+                attn.__class__ = FrameAttention
             temporal = TemporalAttention(attn.query_dim, attn.heads, attn.inner_dim // attn.heads, context)
             block.temporal_attention = temporal.to(device=ref.device, dtype=ref.dtype)
             block.register_forward_hook(_temporal_hook)
