@@ -91,12 +91,13 @@ def build(args) -> tuple:
     precision = args.precision
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
-    model = build_motion_model(args.size, seed=0).to(device)
+    with torch.device(device):  # initialise SD1.5-size random weights on the GPU directly
+        model = build_motion_model(args.size, seed=0)
     if precision != "fp32":
         model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
     model.compute_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     if args.compile:
-        model.unet = torch.compile(model.unet)
+        model.unet.compile()  # in place: parameter names stay the same
     n, hw = args.frames, args.resolution // 8
     g = torch.Generator().manual_seed(0)
     dim = model.unet.config.cross_attention_dim

@@ -39,6 +39,16 @@ SD15_CROSS_ATTENTION_DIM = 768
 TEMPORAL_KEY = "temporal_attention"
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a host tensor to ``device`` without making the host wait for the GPU's queued work
+    (pinned memory + non_blocking); a no-op for tensors already there."""
+    if x.device == device:
+        return x
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
 def match_token_lengths(*embeddings: torch.Tensor) -> list[torch.Tensor]:
     """Repeat each ``(b, tokens, dim)`` prompt embedding to the least common multiple of their token
     counts (as ComfyUI does for long prompts), so they can share one batch. Repeating a whole token
@@ -265,34 +275,47 @@ class MotionModel(nn.Module):
     def controlnet_residuals(self, latents, timesteps, text_embeddings, poses, control_scale, pose_order=None):
         """ControlNet residuals for each row (frozen, no gradients). Rows with scale 0 are skipped.
 
-        ``pose_order`` (B,) picks the pose of each row from ``poses`` (default: row i uses pose i).
+        ``control_scale``: a float, or one float per row (a list or a CPU tensor); which rows run is
+        decided on the host, so the GPU is never waited for. ``pose_order`` (B,) picks the pose of
+        each row from ``poses`` (default: row i uses pose i).
         """
         b = latents.shape[0]
-        scale = torch.as_tensor(control_scale, dtype=torch.float32, device=latents.device).flatten()
-        if scale.numel() == 1:
-            scale = scale.expand(b)
-        rows = (scale != 0).nonzero().flatten()
-        if rows.numel() == 0:
+        if isinstance(control_scale, (int, float)):
+            scales = [float(control_scale)] * b
+        else:
+            scales = [float(x) for x in torch.as_tensor(control_scale).cpu().flatten().tolist()]
+        rows = [i for i, x in enumerate(scales) if x != 0]
+        if not rows:
             return None, None
-        everything = rows.numel() == b
-        pick = (lambda x: x) if everything else (lambda x: x.index_select(0, rows))
         cond = self.pose_embedding(poses)
         if pose_order is not None:
-            cond = cond.index_select(0, pose_order.to(cond.device))
+            cond = cond.index_select(0, pose_order)
+        if rows == list(range(rows[0], rows[-1] + 1)):  # contiguous (all rows, or one branch)
+            pick = lambda x: x[rows[0]: rows[-1] + 1]
+        else:
+            index = to_device(torch.tensor(rows), latents.device)
+            pick = lambda x: x.index_select(0, index)
+        uniform = len({scales[i] for i in rows}) == 1
         with torch.no_grad():
             down, mid = self.controlnet(
                 pick(latents), pick(timesteps), encoder_hidden_states=pick(text_embeddings),
-                controlnet_cond=pick(cond), return_dict=False,
+                controlnet_cond=pick(cond), conditioning_scale=scales[rows[0]] if uniform else 1.0, return_dict=False,
             )
-        s = scale.index_select(0, rows).view(-1, 1, 1, 1)
-        if everything:
-            return [d * s.to(d.dtype) for d in down], mid * s.to(mid.dtype)
-
-        def scatter(r):
-            full = r.new_zeros((b,) + r.shape[1:])
-            return full.index_copy(0, rows, r * s.to(r.dtype))
-
-        return [scatter(d) for d in down], scatter(mid)
+        residuals = list(down) + [mid]
+        if not uniform:
+            s = to_device(torch.tensor([scales[i] for i in rows]), latents.device).view(-1, 1, 1, 1)
+            residuals = [r * s.to(r.dtype) for r in residuals]
+        if len(rows) != b:
+            full = []
+            for r in residuals:
+                z = r.new_zeros((b,) + r.shape[1:])
+                if rows == list(range(rows[0], rows[-1] + 1)):
+                    z[rows[0]: rows[-1] + 1] = r
+                else:
+                    z = z.index_copy(0, to_device(torch.tensor(rows), r.device), r)
+                full.append(z)
+            residuals = full
+        return residuals[:-1], residuals[-1]
 
     def predict(self, latents: torch.Tensor, timesteps, text_embeddings: torch.Tensor, num_frames: int,
                 poses: torch.Tensor | None = None, control_scale=1.0, plan: AttentionPlan | None = None,
@@ -301,7 +324,7 @@ class MotionModel(nn.Module):
 
         ``latents`` (B, 4, h, w) scaled latents; ``timesteps`` an int or (B,) tensor;
         ``text_embeddings`` (1 or B, tokens, dim); ``poses`` (B, 3, 8h, 8w) in 0..1 or None;
-        ``control_scale`` a float or a (B,) tensor (0 = no ControlNet for that row); ``plan`` the
+        ``control_scale`` a float or one per row (list or CPU tensor; 0 = no ControlNet); ``plan`` the
         attention plan (default: plain attention in this model's mode); ``inject_parts`` the UNet
         parts (down/mid/up) where the plan's K/V injection is active for this call;
         ``pose_order`` (B,) the pose of each row (for shuffled frames; default: in order).
@@ -310,9 +333,12 @@ class MotionModel(nn.Module):
         if num_frames < 1 or b % num_frames:
             raise InputError(f"the batch has {b} frames, which is not a multiple of num_frames={num_frames}")
         groups = b // num_frames
-        timesteps = torch.as_tensor(timesteps, device=latents.device)
-        if timesteps.ndim == 0:
-            timesteps = timesteps.expand(b)
+        if isinstance(timesteps, (int, float)):
+            timesteps = torch.full((b,), timesteps, device=latents.device)  # made on the device: no copy
+        else:
+            timesteps = to_device(torch.as_tensor(timesteps), latents.device)
+            if timesteps.ndim == 0:
+                timesteps = timesteps.expand(b)
         if text_embeddings.shape[0] == 1:
             text_embeddings = text_embeddings.expand(b, -1, -1)
         elif text_embeddings.shape[0] != b:

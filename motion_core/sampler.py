@@ -32,7 +32,7 @@ import torch
 from .attention import INJECTION_MODES, UNET_PARTS
 from .ddim import ProgressCallback, ddim_schedule, ddim_step
 from .errors import InputError, check_frame_counts, check_latent_size
-from .model import MotionModel, match_token_lengths
+from .model import MotionModel, match_token_lengths, to_device
 
 
 @dataclass
@@ -119,8 +119,8 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
     hints = torch.cat([r_hint] * k + [e_hint] * k)
     r_scale = config.control_scale if (recon_poses is not None and config.recon_controlnet) else 0.0
     e_scale = config.control_scale if edit_poses is not None else 0.0
-    scale = torch.tensor([r_scale] * (k * n) + [e_scale] * (k * n), device=device)
-    use_cn = model.controlnet is not None and bool((scale != 0).any())
+    scale = [r_scale] * (k * n) + [e_scale] * (k * n)  # host floats: no device sync per step
+    use_cn = model.controlnet is not None and any(x != 0 for x in scale)
     if (recon_poses is not None or edit_poses is not None) and model.controlnet is None:
         raise InputError("poses were given but the model has no ControlNet; load an openpose ControlNet")
 
@@ -147,7 +147,7 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
         noise = None
         if config.eta > 0:
             gen = torch.Generator().manual_seed(int(config.seed) * 1_000_003 + step)
-            noise = torch.randn(z_r.shape, generator=gen).to(device)
+            noise = to_device(torch.randn(z_r.shape, generator=gen), device)
         a_t, a_prev = schedule.alpha(t), schedule.alpha_prev(t)
         z_r = ddim_step(z_r, eps_r, a_t, a_prev, config.eta, noise)
         z_e = ddim_step(z_e, eps_e, a_t, a_prev, config.eta, noise)

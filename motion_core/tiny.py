@@ -60,7 +60,7 @@ def build_controlnet(unet: UNet2DConditionModel, size: str = "tiny", seed: int =
         zero_convs = list(controlnet.controlnet_down_blocks) + [controlnet.controlnet_mid_block,
                                                                controlnet.controlnet_cond_embedding.conv_out]
         for conv in zero_convs:
-            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.05)
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen, device="cpu") * 0.05)
     return controlnet
 
 

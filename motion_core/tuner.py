@@ -28,12 +28,14 @@ from diffusers import DDPMScheduler
 from .errors import InputError, check_frame_counts, check_latent_size
 from .attention import AttentionPlan
 from .frames import check_permutation
-from .model import MotionModel
+from .model import MotionModel, to_device
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SHUFFLE_MODES = ("per_step", "fixed", "none")
 
 #: ``callback(step, total_steps, loss)`` after every optimizer step; raise inside it to cancel.
+#: ``loss`` is that of the previous step (None at the first): reading the current one would make
+#: the host wait for the GPU at every step.
 StepCallback = Callable[[int, int, float], None]
 
 
@@ -129,7 +131,7 @@ def _training_mode(model: MotionModel, names: list[str], config: TuneConfig):
             p.grad = None
             if not ok:
                 p.data = before[n].to(p.device)
-            if dtypes[n] != torch.float32 and compute == torch.float32:
+            if p.dtype != dtypes[n]:  # back to the storage dtype (the result's state keeps float32)
                 p.data = p.data.to(dtypes[n])
         model.compute_dtype = old_compute
         if not old_ckpt:
@@ -211,16 +213,19 @@ def _train(model, stage, names, latents, text_embeddings, poses, config, callbac
             fused=device.type == "cuda",
         )
         scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        pending = None
         for k in range(config.start_step, config.start_step + config.steps):
             gen = _step_generator(config.seed, k)
+            # Randomness is drawn on the host (same results on every device) and copied without
+            # making the host wait for the GPU.
             order = torch.randperm(n, generator=gen) if shuffle == "per_step" else permutation
             z0 = latents
             if order is not None:
-                order = order.to(device)
+                order = to_device(order, device)
                 z0 = z0.index_select(0, order)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=gen)
-            noise = torch.randn(z0.shape, generator=gen).to(device)
-            t = t.to(device).expand(n)
+            noise = to_device(torch.randn(z0.shape, generator=gen), device)
+            t = to_device(t, device).expand(n)
             zt = scheduler.add_noise(z0, noise, t)
             pred = model.predict(zt, t, text_embeddings, n, poses=poses, pose_order=order,
                                  control_scale=config.control_scale, plan=plan)
@@ -234,10 +239,14 @@ def _train(model, stage, names, latents, text_embeddings, poses, config, callbac
                 torch.nn.utils.clip_grad_norm_(trained, config.max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
-            value = float(loss.detach())
-            result.losses.append(value)
+            # Read the previous step's loss while this step runs: no per-step wait on the GPU.
+            value = float(pending) if pending is not None else None
+            if value is not None:
+                result.losses.append(value)
+            pending = loss.detach()
             if callback is not None:
                 callback(k - config.start_step + 1, config.steps, value)
+        result.losses.append(float(pending))
         del optimizer
     return result
 

@@ -192,3 +192,12 @@ def test_trains_when_inputs_and_storage_come_from_inference_mode(clip):
     with torch.inference_mode():
         res = tune_stage1(model, lat, emb, poses, TuneConfig(steps=2, learning_rate=1e-3))
     assert len(res.losses) == 2 and all(torch.isfinite(torch.tensor(res.losses)))
+
+
+def test_half_precision_storage_is_kept_after_tuning(clip):
+    """A model stored in bf16 is tuned with float32 masters, then returns to bf16 (its handle's
+    state keeps float32)."""
+    model = tiny.build_motion_model().to(torch.bfloat16)
+    res = tune_stage1(model, clip["masked"], clip["emb"], clip["poses"], TuneConfig(steps=1, precision="bf16"))
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert all(v.dtype == torch.float32 for v in res.state.values())
