@@ -262,7 +262,8 @@ def run(args) -> int:
     print(f"Edit-Your-Motion benchmark on {res['device']}: {res['size']} model, {res['frames']} frames at "
           f"{res['resolution']}x{res['resolution']}, {res['precision']}, gradient checkpointing "
           f"{'on' if res['gradient_checkpointing'] else 'off'}")
-    print(f"{'phase':<16}{'s/step':>10}{'TFLOP/step':>12}{'TFLOP/s':>10}{'peak GB':>10}{'job steps':>11}")
+    peak = "peak GB" if args.device != "cpu" else "RSS GB"  # CPU: the process's memory high-water mark
+    print(f"{'phase':<16}{'s/step':>10}{'TFLOP/step':>12}{'TFLOP/s':>10}{peak:>10}{'job steps':>11}")
     for name, p in res["phases"].items():
         print(f"{name:<16}{p['seconds']:>10.4f}{p['tflop']:>12.4f}{p['tflops_per_s']:>10.3f}{p['peak_gb']:>10.2f}{p['job_steps']:>11}")
     print(f"projected job: {res['projected_job_seconds']:.1f} s for {res['job_tflop']:.1f} TFLOP "

@@ -20,6 +20,13 @@ MODULES = (pose_nodes, mask_nodes, frame_nodes)
 ALL_NODES = [(mid, cls) for m in MODULES for mid, cls in m.NODE_CLASS_MAPPINGS.items()]
 
 
+@pytest.fixture(autouse=True)
+def comfy_inference_mode():
+    """ComfyUI executes every node under torch.inference_mode(); so do these tests."""
+    with torch.inference_mode():
+        yield
+
+
 @pytest.fixture
 def models_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("EYM_MODELS_DIR", str(tmp_path))
