@@ -122,20 +122,31 @@ def read_tuned_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor]
     return tensors, parsed
 
 
+def verify_tuned_weights(tensors: dict[str, torch.Tensor], meta: dict, model: MotionModel, name: str,
+                         check_base: bool = True) -> None:
+    """Raise ModelError unless the tensors fit ``model`` and (with ``check_base``) were tuned on its
+    base weights."""
+    if check_base:
+        d = fingerprint_distance(meta["base_fingerprint"], fingerprint(model))
+        if d > FINGERPRINT_TOLERANCE:
+            raise ModelError(
+                f"{name} was tuned on a different base checkpoint (fingerprint distance {d:.3g}); load the checkpoint "
+                "it was tuned with, or tune again on this one (or skip the base-model check at your own risk)"
+            )
+    allowed = set(model.stage_parameter_names(1)) | set(model.stage_parameter_names(2))
+    params = dict(model.unet.named_parameters())
+    bad = [k for k, v in tensors.items() if k not in allowed or tuple(params[k].shape) != tuple(v.shape)]
+    if bad:
+        raise ModelError(f"{name} does not fit this video model (e.g. tensor {bad[0]}); load its own base checkpoint")
+
+
 def load_tuned_weights(path: str | os.PathLike, model: MotionModel, check_base: bool = True) -> dict:
     """Load a tuned-weights file into ``model`` (after checking it was made for this base model).
 
     Sets the model's attention mode to the one the weights were tuned with. Returns the metadata.
     """
     tensors, meta = read_tuned_weights(path)
-    name = Path(path).name
-    if check_base:
-        d = fingerprint_distance(meta["base_fingerprint"], fingerprint(model))
-        if d > FINGERPRINT_TOLERANCE:
-            raise ModelError(
-                f"{name} was tuned on a different base model than the one loaded (fingerprint distance {d:.3g}). "
-                "Load the checkpoint you tuned with, or tune again on this one."
-            )
+    verify_tuned_weights(tensors, meta, model, Path(path).name, check_base)
     model.set_attention_mode(meta["attention_mode"])
     model.load_tuned_state(tensors)
     return meta

@@ -11,11 +11,9 @@ import torch
 
 from ..motion_core.attention import ATTENTION_MODES
 from ..motion_core.convert import controlnet_from_ldm, unet_from_ldm
-from ..motion_core.errors import InputError, ModelError
+from ..motion_core.errors import InputError
 from ..motion_core.model import MotionModel, is_full_size_sd15
-from ..motion_core.weights import (
-    FINGERPRINT_TOLERANCE, fingerprint, fingerprint_distance, read_tuned_weights, save_tuned_weights,
-)
+from ..motion_core.weights import read_tuned_weights, save_tuned_weights, verify_tuned_weights
 from . import comfy_bridge as bridge
 from .handle import CATEGORY, MODEL_TYPE, MotionEngine, MotionHandle, check_handle, device_dtype_choice
 
@@ -183,19 +181,7 @@ class LoadTunedWeights:
                 "save tuned weights first or copy the file there"
             )
         tensors, meta = read_tuned_weights(path)
-        model = handle.engine.model
-        if check_base_model:
-            d = fingerprint_distance(meta["base_fingerprint"], fingerprint(model))
-            if d > FINGERPRINT_TOLERANCE:
-                raise ModelError(
-                    f"{tuned_weights} was tuned on a different base checkpoint (fingerprint distance {d:.3g}); load the "
-                    "checkpoint it was tuned with, or turn off check_base_model at your own risk"
-                )
-        allowed = set(model.stage_parameter_names(1)) | set(model.stage_parameter_names(2))
-        params = dict(model.unet.named_parameters())
-        bad = [k for k, v in tensors.items() if k not in allowed or tuple(params[k].shape) != tuple(v.shape)]
-        if bad:
-            raise ModelError(f"{tuned_weights} does not fit this video model (e.g. tensor {bad[0]}); load its own base checkpoint")
+        verify_tuned_weights(tensors, meta, handle.engine.model, tuned_weights, check_base_model)
         steps = tuple(sorted(meta["stages"].items()))
         return (handle.replace(state=tensors, attention_mode=meta["attention_mode"], stage_steps=steps),)
 

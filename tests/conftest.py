@@ -30,3 +30,10 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def comfy_inference_mode():
+    """ComfyUI executes every node under torch.inference_mode(); node tests do the same."""
+    with torch.inference_mode():
+        yield

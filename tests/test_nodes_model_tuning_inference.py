@@ -13,6 +13,8 @@ from edit_your_motion.nodes import comfy_bridge as bridge
 from edit_your_motion.nodes import inference_nodes, model_nodes, tuning_nodes
 from edit_your_motion.nodes.handle import MotionHandle
 
+pytestmark = pytest.mark.usefixtures("comfy_inference_mode")  # as ComfyUI runs nodes
+
 SCALE = 0.18215
 
 
@@ -22,13 +24,6 @@ def cond(text):
 
 def latent(frames):
     return {"samples": frames_to_latents(frames) / SCALE}
-
-
-@pytest.fixture(autouse=True)
-def comfy_inference_mode():
-    """ComfyUI executes every node under torch.inference_mode(); so do these tests."""
-    with torch.inference_mode():
-        yield
 
 
 @pytest.fixture

@@ -16,15 +16,10 @@ from edit_your_motion.motion_core.synthetic import make_clip
 from edit_your_motion.nodes import comfy_bridge as bridge
 from edit_your_motion.nodes import frame_nodes, mask_nodes, pose_nodes
 
+pytestmark = pytest.mark.usefixtures("comfy_inference_mode")  # as ComfyUI runs nodes
+
 MODULES = (pose_nodes, mask_nodes, frame_nodes)
 ALL_NODES = [(mid, cls) for m in MODULES for mid, cls in m.NODE_CLASS_MAPPINGS.items()]
-
-
-@pytest.fixture(autouse=True)
-def comfy_inference_mode():
-    """ComfyUI executes every node under torch.inference_mode(); so do these tests."""
-    with torch.inference_mode():
-        yield
 
 
 @pytest.fixture

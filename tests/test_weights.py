@@ -38,7 +38,7 @@ def test_round_trip_with_metadata(tmp_path):
 def test_refuses_another_base_model(tmp_path):
     model = _tuned_model(seed=0)
     path = weights.save_tuned_weights(tmp_path / "a.safetensors", model, model.tuned_state((1,)), {1: 10})
-    with pytest.raises(ModelError, match="different base model"):
+    with pytest.raises(ModelError, match="different base checkpoint"):
         weights.load_tuned_weights(path, tiny.build_motion_model(seed=7))
 
 
