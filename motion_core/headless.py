@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -134,70 +135,104 @@ def missing_for_real_run(args, graph: dict) -> list[str]:
     return reasons
 
 
-# --------------------------------------------------------------------------- HTTP
-def _request(port: int, path: str, payload=None, timeout: float = 30.0):
+# --------------------------------------------------------------------------- HTTP (stdlib only, loopback only)
+HOST = "127.0.0.1"
+
+
+def request(port: int, path: str, payload=None, timeout: float = 30.0):
+    """GET (or POST ``payload`` as JSON) ``path`` on the local ComfyUI; JSON answer or None.
+    An HTTP error (e.g. 400 with ``node_errors`` for an invalid workflow) raises RuntimeError with
+    ComfyUI's answer."""
     data = None if payload is None else json.dumps(payload).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
+    req = urllib.request.Request(f"http://{HOST}:{port}{path}", data=data,
                                  headers={"Content-Type": "application/json"} if data else {})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        body = resp.read()
-    return json.loads(body) if body else None
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            body = resp.read().decode("utf-8")
+    except urllib.error.HTTPError as err:
+        raise RuntimeError(f"{path} -> HTTP {err.code}: {err.read().decode('utf-8', 'replace')[:4000]}") from None
+    return json.loads(body) if body.strip() else None
 
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((HOST, 0))
         return s.getsockname()[1]
 
 
-def start_server(comfy: Path, python: str, port: int, extra: list[str], log_path: Path, timeout: float = 300.0):
-    """Start ComfyUI on 127.0.0.1:``port``; return the process once ``/object_info`` answers."""
-    log = open(log_path, "wb")
-    cmd = [python, "main.py", "--listen", "127.0.0.1", "--port", str(port), "--disable-api-nodes", *extra]
-    proc = subprocess.Popen(cmd, cwd=comfy, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex((HOST, port)) == 0
+
+
+def start_server(comfy: Path, python: str, port: int, extra: list[str], log_path: Path, timeout: float = 300.0,
+                 env: dict | None = None) -> subprocess.Popen:
+    """Start ComfyUI on 127.0.0.1:``port`` (its output in ``log_path``, also ``proc.log_path``);
+    return the process once ``/object_info`` answers."""
+    if _port_open(port):
+        raise RuntimeError(f"port {port} on {HOST} is already in use (another ComfyUI?)")
+    cmd = [python, "main.py", "--listen", HOST, "--port", str(port), "--disable-api-nodes", "--disable-auto-launch", *extra]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=comfy, stdout=log, stderr=subprocess.STDOUT, env=full_env,
+                                start_new_session=True)
+    proc.log_path = Path(log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"ComfyUI exited with code {proc.returncode}; see {log_path}")
+            raise RuntimeError(f"ComfyUI exited with code {proc.returncode} during startup; see {log_path}")
         try:
-            _request(port, "/object_info/EYM_LoadVideoModel", timeout=5)
+            request(port, "/object_info/EYM_LoadVideoModel", timeout=5)
             return proc
-        except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
-            time.sleep(1)
+        except (urllib.error.URLError, ConnectionError, OSError, ValueError, RuntimeError):
+            time.sleep(0.5)
     stop_server(proc)
-    raise RuntimeError(f"ComfyUI did not answer within {timeout:.0f} s; see {log_path}")
+    raise TimeoutError(f"ComfyUI did not answer within {timeout:.0f} s; see {log_path}")
 
 
-def stop_server(proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(2)  # SIGINT: ComfyUI shuts down cleanly
+def stop_server(proc: subprocess.Popen, timeout: float = 30.0) -> int | None:
+    """SIGINT (ComfyUI shuts down cleanly), then SIGTERM, then SIGKILL; this process only."""
+    if proc is None or proc.poll() is not None:
+        return None if proc is None else proc.returncode
+    for sig, wait_s in ((signal.SIGINT, timeout), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
         try:
-            proc.wait(timeout)
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            break
+        try:
+            return proc.wait(wait_s)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            continue
+    return proc.poll()
 
 
-def queue(port: int, graph: dict) -> str:
-    try:
-        return _request(port, "/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})["prompt_id"]
-    except urllib.error.HTTPError as err:
-        raise RuntimeError(f"ComfyUI refused the workflow: {err.read().decode(errors='replace')[:2000]}") from None
+def queue(port: int, graph: dict, client_id: str | None = None) -> str:
+    """POST an API-format graph to ``/prompt``; its prompt id. A rejected graph raises RuntimeError."""
+    resp = request(port, "/prompt", {"prompt": graph, "client_id": client_id or uuid.uuid4().hex})
+    if resp.get("node_errors"):
+        raise RuntimeError(f"ComfyUI refused the workflow: {json.dumps(resp['node_errors'])[:4000]}")
+    return resp["prompt_id"]
 
 
-def wait(port: int, prompt_id: str, timeout: float, poll: float = 2.0, report=None) -> dict:
-    deadline, start = time.monotonic() + timeout, time.monotonic()
-    last = 0.0
+def interrupt(port: int, prompt_id: str | None = None) -> None:
+    request(port, "/interrupt", {"prompt_id": prompt_id} if prompt_id else {})
+
+
+def wait(port: int, prompt_id: str, timeout: float, poll: float = 0.5, report=None) -> dict:
+    """Poll ``/history`` until the prompt has finished (success, error or interrupt); its entry."""
+    deadline, start, last = time.monotonic() + timeout, time.monotonic(), time.monotonic()
     while time.monotonic() < deadline:
-        entry = (_request(port, f"/history/{prompt_id}") or {}).get(prompt_id)
-        if entry and entry.get("status", {}).get("completed") is not None and (
-                entry["status"].get("completed") or entry["status"].get("status_str") == "error"):
+        entry = (request(port, f"/history/{prompt_id}") or {}).get(prompt_id)
+        status = (entry or {}).get("status", {})
+        if entry is not None and status.get("completed") is not None and (
+                status.get("completed") or status.get("status_str") in ("success", "error")):
             return entry
         if report and time.monotonic() - last > 60:
             last = time.monotonic()
             report(f"... running for {time.monotonic() - start:.0f} s")
         time.sleep(poll)
-    raise TimeoutError(f"the edit did not finish within {timeout:.0f} s")
+    raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
 
 
 def run_real(args, graph: dict, log=print) -> int:
@@ -219,7 +254,7 @@ def run_real(args, graph: dict, log=print) -> int:
         prompt_id = queue(port, filled)
         log(f"queued the edit ({args.frames} frames at {args.size}x{args.size}, "
             f"{args.stage1_steps} + {args.stage2_steps} tuning steps, {args.ddim_steps} DDIM steps)")
-        entry = wait(port, prompt_id, args.timeout, report=log)
+        entry = wait(port, prompt_id, args.timeout, poll=2.0, report=log)
     finally:
         stop_server(proc)
         for name in names.values():

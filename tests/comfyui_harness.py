@@ -20,16 +20,12 @@ Load this file by path (``importlib.util.spec_from_file_location``) or put ``tes
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -285,29 +281,26 @@ def write_random_sd15_controlnet(path, seed: int = 0, hint_channels: int = 3) ->
 # Driving a ComfyUI server over HTTP (loopback only)
 # --------------------------------------------------------------------------------------------
 
-HOST = "127.0.0.1"
+# The HTTP client and server control live in the pack's stdlib-only motion_core/headless.py (the
+# command line's `python -m motion_core edit` uses them too); this harness adds the test set-up.
+_ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("eym_headless", _ROOT / "motion_core" / "headless.py")
+headless = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(headless)
 
-
-def _url(port: int, path: str) -> str:
-    return f"http://{HOST}:{port}{path}"
+HOST = headless.HOST
+free_port = headless.free_port
+queue_prompt = headless.queue
+interrupt = headless.interrupt
+stop = headless.stop_server
 
 
 def _get_json(port: int, path: str, timeout: float = 10.0):
-    with urllib.request.urlopen(_url(port, path), timeout=timeout) as r:
-        return json.loads(r.read().decode("utf-8"))
+    return headless.request(port, path, timeout=timeout)
 
 
 def _post_json(port: int, path: str, payload, timeout: float = 30.0):
-    data = json.dumps(payload).encode("utf-8")
-    req = urllib.request.Request(_url(port, path), data=data, method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            body = r.read().decode("utf-8")
-    except urllib.error.HTTPError as e:  # /prompt answers 400 with node_errors on validation failure
-        body = e.read().decode("utf-8", "replace")
-        raise RuntimeError(f"POST {path} -> HTTP {e.code}: {body}") from None
-    return json.loads(body) if body.strip() else None
+    return headless.request(port, path, payload, timeout=timeout)
 
 
 def write_extra_model_paths(models_dir, yaml_path) -> Path:
@@ -323,27 +316,10 @@ def write_extra_model_paths(models_dir, yaml_path) -> Path:
     return yaml_path
 
 
-def _port_open(port: int) -> bool:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(1.0)
-        return sock.connect_ex((HOST, port)) == 0
-
-
-def free_port() -> int:
-    """An unused TCP port on 127.0.0.1 (racy but fine for tests)."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def start_comfyui(comfy_dir, base_dir_or_extra_paths=None, port: int = 8188, python: Optional[str] = None,
                   timeout: float = 180.0, log_path=None, extra_args: Sequence[str] = (),
                   env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
-    """Start ``main.py --cpu`` on 127.0.0.1:port and wait until ``/object_info`` answers.
+    """Start ``main.py --cpu`` on 127.0.0.1:port and wait until it answers.
 
     ``base_dir_or_extra_paths``: a ``.yaml``/``.yml`` file -> ``--extra-model-paths-config``;
     a directory -> ``--base-directory`` (ComfyUI then uses <dir>/models, input, output, user,
@@ -351,42 +327,13 @@ def start_comfyui(comfy_dir, base_dir_or_extra_paths=None, port: int = 8188, pyt
     ``<comfy_dir>/eym_test_comfyui_<port>.log``); the path is on ``process.log_path``.
     """
     comfy_dir = Path(comfy_dir).resolve()
-    if _port_open(port):
-        raise RuntimeError(f"port {port} on {HOST} is already in use (another ComfyUI?)")
     python = python or os.environ.get("EYM_COMFYUI_PYTHON") or sys.executable
-    cmd = [python, "main.py", "--cpu", "--listen", HOST, "--port", str(port), "--disable-api-nodes",
-           "--disable-auto-launch"]
+    extra = ["--cpu"]
     if base_dir_or_extra_paths is not None:
         p = Path(base_dir_or_extra_paths).resolve()
-        if p.suffix.lower() in (".yaml", ".yml"):
-            cmd += ["--extra-model-paths-config", str(p)]
-        else:
-            cmd += ["--base-directory", str(p)]
-    cmd += list(extra_args)
+        extra += ["--extra-model-paths-config" if p.suffix.lower() in (".yaml", ".yml") else "--base-directory", str(p)]
     log_path = Path(log_path) if log_path else comfy_dir / f"eym_test_comfyui_{port}.log"
-    log = open(log_path, "wb")
-    full_env = dict(os.environ)
-    full_env.setdefault("PYTHONUNBUFFERED", "1")
-    if env:
-        full_env.update(env)
-    proc = subprocess.Popen(cmd, cwd=str(comfy_dir), stdout=log, stderr=subprocess.STDOUT, env=full_env,
-                            start_new_session=True)
-    log.close()
-    proc.log_path = log_path  # type: ignore[attr-defined]
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ComfyUI exited with {proc.returncode} during startup; log: {log_path}\n"
-                               + read_log_tail(proc))
-        try:
-            _get_json(port, "/object_info", timeout=5.0)
-            return proc
-        except (urllib.error.URLError, ConnectionError, OSError, ValueError):
-            pass
-        if time.monotonic() > deadline:
-            stop(proc)
-            raise TimeoutError(f"ComfyUI did not answer /object_info within {timeout}s; log: {log_path}")
-        time.sleep(0.5)
+    return headless.start_server(comfy_dir, python, port, extra + list(extra_args), log_path, timeout, env)
 
 
 def read_log_tail(proc, n_bytes: int = 20000) -> str:
@@ -407,30 +354,11 @@ def object_info(port: int, node_class: Optional[str] = None):
     return _get_json(port, "/object_info" + (f"/{node_class}" if node_class else ""), timeout=60.0)
 
 
-def queue_prompt(port: int, api_graph: dict, client_id: Optional[str] = None) -> str:
-    """POST an API-format graph ({node_id: {"class_type", "inputs"}}) to /prompt; returns prompt_id.
-    Raises RuntimeError with ComfyUI's node_errors if validation fails (HTTP 400)."""
-    resp = _post_json(port, "/prompt", {"prompt": api_graph, "client_id": client_id or uuid.uuid4().hex})
-    if resp.get("node_errors"):
-        raise RuntimeError(f"prompt rejected: {json.dumps(resp['node_errors'])}")
-    return resp["prompt_id"]
-
-
 def wait_history(port: int, prompt_id: str, timeout: float = 600.0, poll: float = 0.5) -> dict:
     """Poll /history/<id> until the prompt finished (success, error or interrupt); returns its entry.
     ``entry["status"]["status_str"]`` is "success" or "error"; ``entry["status"]["messages"]``
     holds execution_error / execution_interrupted events; ``entry["outputs"]`` the UI outputs."""
-    deadline = time.monotonic() + timeout
-    while True:
-        hist = _get_json(port, f"/history/{prompt_id}", timeout=30.0)
-        entry = hist.get(prompt_id)
-        if entry is not None and entry.get("status", {}).get("completed") is not None:
-            status = entry["status"]
-            if status.get("completed") or status.get("status_str") in ("success", "error"):
-                return entry
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"prompt {prompt_id} not finished after {timeout}s")
-        time.sleep(poll)
+    return headless.wait(port, prompt_id, timeout, poll)
 
 
 def history_error(entry: dict) -> Optional[dict]:
@@ -439,27 +367,6 @@ def history_error(entry: dict) -> Optional[dict]:
         if name in ("execution_error", "execution_interrupted"):
             return {"event": name, **data}
     return None
-
-
-def interrupt(port: int, prompt_id: Optional[str] = None) -> None:
-    """POST /interrupt (global, or only if ``prompt_id`` is the running prompt)."""
-    _post_json(port, "/interrupt", {"prompt_id": prompt_id} if prompt_id else {})
-
-
-def stop(process: subprocess.Popen, timeout: float = 30.0) -> Optional[int]:
-    """SIGINT (ComfyUI exits cleanly on Ctrl-C), then SIGTERM, then SIGKILL; only this process."""
-    if process is None or process.poll() is not None:
-        return None if process is None else process.returncode
-    for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-        try:
-            process.send_signal(sig)
-        except ProcessLookupError:
-            break
-        try:
-            return process.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-    return process.poll()
 
 
 def install_pack(comfy_dir, pack_dir, name: Optional[str] = None) -> Path:
