@@ -6,8 +6,6 @@ message is all the user sees.
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import torch
 
 
@@ -76,14 +74,3 @@ def check_masks(name: str, masks: torch.Tensor) -> None:
             f"{name} is empty (no person pixels) in frame(s) {empty}. Check the segmentation for those "
             "frames, trim them from the clip, or build the mask from keypoints instead."
         )
-
-
-def check_choice(name: str, value: str, choices: Mapping | tuple | list) -> str:
-    if value not in choices:
-        raise InputError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
-    return value
-
-
-def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise InputError(f"{name} must be {'>= 0' if allow_zero else '> 0'}; got {value}")

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import InputError, check_pixel_size
 from .keypoints import render_pose_images
 
 # Rest pose in units of body height, origin at the top of the head's centre line; (x, y).
@@ -86,6 +86,7 @@ def make_clip(num_frames: int = 8, height: int = 64, width: int = 64, motion: st
         raise InputError(f"num_frames must be >= 1; got {num_frames}")
     if height < 16 or width < 16:
         raise InputError(f"the synthetic clip needs at least 16x16 pixels; got {width}x{height}")
+    check_pixel_size("the synthetic clip", height, width)
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
     f1, f2 = rng.uniform(3, 9, size=2)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -269,9 +268,3 @@ def output_folder(name: str) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
 
-
-@contextmanager
-def training_enabled():
-    """Leave ComfyUI's inference mode and enable gradients for a training loop."""
-    with torch.inference_mode(False), torch.enable_grad():
-        yield

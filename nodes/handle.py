@@ -30,11 +30,10 @@ CATEGORY = "Edit-Your-Motion"
 class MotionEngine:
     """One inflated UNet + ControlNet, shared by every handle derived from it."""
 
-    def __init__(self, model: MotionModel, latent_scale: float, weight_dtype: torch.dtype, source: str = ""):
+    def __init__(self, model: MotionModel, latent_scale: float, weight_dtype: torch.dtype):
         self.model = model
         self.latent_scale = float(latent_scale)
         self.weight_dtype = weight_dtype
-        self.source = source
         self.managed = bridge.Managed(model)
         self.base_state = model.tuned_state()  # the untuned tensors, to reset between handles
         self._applied: tuple | None = None

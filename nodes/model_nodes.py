@@ -78,7 +78,7 @@ class LoadVideoModel:
             cn = _copy_module(cn_src, dtype)
         with torch.inference_mode(False):
             motion = MotionModel.from_unet(unet, cn, attention_mode=attention_mode, latent_scale=scale)
-        engine = MotionEngine(motion, scale, dtype, source=type(model).__name__)
+        engine = MotionEngine(motion, scale, dtype)
         log.info("Edit-Your-Motion video model ready (%s weights, attention %s)", str(dtype).split(".")[-1], attention_mode)
         return (MotionHandle(engine, None, attention_mode),)
 

@@ -74,3 +74,14 @@ def test_poses_to_condition_layout_and_resize():
     assert F.poses_to_condition(poses, 32, 48).shape == (2, 3, 32, 48)
     with pytest.raises(InputError, match="IMAGE batch"):
         F.poses_to_condition(torch.rand(2, 3, 16, 16), 16, 16)
+
+
+def test_pixel_sizes_must_be_divisible_by_8():
+    from edit_your_motion.motion_core.errors import check_pixel_size
+    from edit_your_motion.motion_core.synthetic import make_clip
+
+    check_pixel_size("video", 512, 384)
+    with pytest.raises(InputError, match=r"video is 510x512; .* e\.g\. 504x512"):
+        check_pixel_size("video", 512, 510)
+    with pytest.raises(InputError, match="divisible by 8"):
+        make_clip(2, 60, 64)
