@@ -92,7 +92,7 @@ class AttentionPlan:
         offsets = (torch.arange(g) * n)[:, None, None]
         all_rows = (idx[None] + offsets).reshape(g * n, -1)
         self.base = [RowGroup(0, g * n, all_rows)]
-        self.is_self = idx.shape[1] == 1 and n >= 1 and bool((idx[:, 0] == torch.arange(n)).all())
+        self.is_self = idx.shape[1] == 1 and bool((idx[:, 0] == torch.arange(n)).all())
         if not self.inject:
             self.injected = self.base
             return

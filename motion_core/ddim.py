@@ -71,7 +71,11 @@ def guided(eps: torch.Tensor, groups: int, guidance: float) -> torch.Tensor:
     return uncond + guidance * (cond - uncond)
 
 
-def _prepare(model: MotionModel, latents, text_embeddings, poses, guidance, uncond_embeddings):
+@torch.no_grad()
+def _ddim_run(model: MotionModel, latents, text_embeddings, poses, num_steps, control_scale, guidance,
+              uncond_embeddings, callback, invert: bool) -> torch.Tensor:
+    """The shared loop: inversion walks the timesteps upwards (level prev(t) -> t), sampling
+    downwards (t -> prev(t)), both with eps evaluated at label t."""
     check_latent_size("latents", latents, model.unet.config.in_channels)
     n = check_frame_counts(latents=latents, poses=poses)
     if guidance < 1:
@@ -79,16 +83,23 @@ def _prepare(model: MotionModel, latents, text_embeddings, poses, guidance, unco
     if guidance > 1 and uncond_embeddings is None:
         raise InputError("guidance > 1 needs the negative/empty prompt embedding (uncond_embeddings)")
     device = model.device
-    emb = [text_embeddings] if guidance == 1 else match_token_lengths(uncond_embeddings, text_embeddings)
+    groups = 1 if guidance == 1 else 2
+    emb = [text_embeddings] if groups == 1 else match_token_lengths(uncond_embeddings, text_embeddings)
     emb = torch.cat([e.to(device, torch.float32).expand(n, -1, -1) for e in emb])
-    hint = None
-    if poses is not None:
-        hint = poses.to(device, torch.float32)
-        hint = hint if guidance == 1 else torch.cat([hint, hint])
-    return n, emb, hint
+    hint = None if poses is None else poses.to(device, torch.float32).repeat(groups, 1, 1, 1)
+    schedule = ddim_schedule(model.scheduler_config, num_steps)
+    steps = schedule.timesteps.flip(0) if invert else schedule.timesteps
+    z = latents.to(device, torch.float32)
+    for k, t in enumerate(steps.tolist()):
+        x = z if groups == 1 else torch.cat([z, z])
+        eps = guided(model.predict(x, t, emb, n, poses=hint, control_scale=control_scale).float(), groups, guidance)
+        a_t, a_prev = schedule.alpha(t), schedule.alpha_prev(t)
+        z = ddim_step(z, eps, a_prev, a_t) if invert else ddim_step(z, eps, a_t, a_prev)
+        if callback is not None:
+            callback(k + 1, len(steps))
+    return z
 
 
-@torch.no_grad()
 def ddim_invert(model: MotionModel, latents: torch.Tensor, text_embeddings: torch.Tensor,
                 poses: torch.Tensor | None = None, num_steps: int = 50, control_scale: float = 1.0,
                 guidance: float = 1.0, uncond_embeddings: torch.Tensor | None = None,
@@ -98,34 +109,14 @@ def ddim_invert(model: MotionModel, latents: torch.Tensor, text_embeddings: torc
     Defaults follow the paper: source prompt, source-skeleton ControlNet (pass ``poses=None`` to
     invert without it, as MotionEditor does), no classifier-free guidance.
     """
-    n, emb, hint = _prepare(model, latents, text_embeddings, poses, guidance, uncond_embeddings)
-    groups = 1 if guidance == 1 else 2
-    schedule = ddim_schedule(model.scheduler_config, num_steps)
-    z = latents.to(model.device, torch.float32)
-    steps = schedule.timesteps.flip(0)
-    for k, t in enumerate(steps.tolist()):
-        x = z if groups == 1 else torch.cat([z, z])
-        eps = guided(model.predict(x, t, emb, n, poses=hint, control_scale=control_scale).float(), groups, guidance)
-        z = ddim_step(z, eps, schedule.alpha_prev(t), schedule.alpha(t))
-        if callback is not None:
-            callback(k + 1, len(steps))
-    return z
+    return _ddim_run(model, latents, text_embeddings, poses, num_steps, control_scale, guidance,
+                     uncond_embeddings, callback, invert=True)
 
 
-@torch.no_grad()
 def ddim_sample(model: MotionModel, noise_latents: torch.Tensor, text_embeddings: torch.Tensor,
                 poses: torch.Tensor | None = None, num_steps: int = 50, control_scale: float = 1.0,
                 guidance: float = 1.0, uncond_embeddings: torch.Tensor | None = None,
                 callback: ProgressCallback | None = None) -> torch.Tensor:
     """Plain (single-branch) deterministic DDIM sampling from ``z_T``: the inverse of :func:`ddim_invert`."""
-    n, emb, hint = _prepare(model, noise_latents, text_embeddings, poses, guidance, uncond_embeddings)
-    groups = 1 if guidance == 1 else 2
-    schedule = ddim_schedule(model.scheduler_config, num_steps)
-    z = noise_latents.to(model.device, torch.float32)
-    for k, t in enumerate(schedule.timesteps.tolist()):
-        x = z if groups == 1 else torch.cat([z, z])
-        eps = guided(model.predict(x, t, emb, n, poses=hint, control_scale=control_scale).float(), groups, guidance)
-        z = ddim_step(z, eps, schedule.alpha(t), schedule.alpha_prev(t))
-        if callback is not None:
-            callback(k + 1, len(schedule.timesteps))
-    return z
+    return _ddim_run(model, noise_latents, text_embeddings, poses, num_steps, control_scale, guidance,
+                     uncond_embeddings, callback, invert=False)

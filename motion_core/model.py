@@ -6,6 +6,7 @@ branch); the frame count is given on every call.
 
 from __future__ import annotations
 
+import math
 import weakref
 from contextlib import nullcontext
 
@@ -53,8 +54,6 @@ def match_token_lengths(*embeddings: torch.Tensor) -> list[torch.Tensor]:
     """Repeat each ``(b, tokens, dim)`` prompt embedding to the least common multiple of their token
     counts (as ComfyUI does for long prompts), so they can share one batch. Repeating a whole token
     sequence leaves cross-attention unchanged: every key and value just appears k times."""
-    import math
-
     lengths = [e.shape[1] for e in embeddings]
     target = math.lcm(*lengths)
     return [e if e.shape[1] == target else e.repeat(1, target // e.shape[1], 1) for e in embeddings]
@@ -290,7 +289,8 @@ class MotionModel(nn.Module):
         cond = self.pose_embedding(poses)
         if pose_order is not None:
             cond = cond.index_select(0, pose_order)
-        if rows == list(range(rows[0], rows[-1] + 1)):  # contiguous (all rows, or one branch)
+        contiguous = rows == list(range(rows[0], rows[-1] + 1))  # all rows, or one branch
+        if contiguous:
             pick = lambda x: x[rows[0]: rows[-1] + 1]
         else:
             index = to_device(torch.tensor(rows), latents.device)
@@ -309,10 +309,10 @@ class MotionModel(nn.Module):
             full = []
             for r in residuals:
                 z = r.new_zeros((b,) + r.shape[1:])
-                if rows == list(range(rows[0], rows[-1] + 1)):
+                if contiguous:
                     z[rows[0]: rows[-1] + 1] = r
                 else:
-                    z = z.index_copy(0, to_device(torch.tensor(rows), r.device), r)
+                    z = z.index_copy(0, index, r)
                 full.append(z)
             residuals = full
         return residuals[:-1], residuals[-1]
