@@ -5,7 +5,7 @@
   OpenPose body model, it runs the shipped workflow headless on your videos. Without them it runs
   the self-check (the whole chain on built-in tiny models) and says so.
 * ``selfcheck``: the self-check only.
-* ``bench``: per-phase speed, memory and TFLOP/s (see ``motion_core/benchmark.py``).
+* ``bench``: per-phase speed, memory and TFLOP/s (see ``motion_core/apps/bench.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
 
     edit = sub.add_parser("edit", help="edit a video's motion (self-check when no SD1.5 weights are available)")
-    from .headless import add_edit_arguments
+    from .apps.edit import add_edit_arguments
 
     add_edit_arguments(edit)
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--size", type=int, default=64, help="frame size in pixels (divisible by 8)")
 
     bench = sub.add_parser("bench", help="speed and memory benchmark")
-    from .benchmark import add_arguments as add_bench_arguments
+    from .apps.bench import add_arguments as add_bench_arguments
 
     add_bench_arguments(bench)
 
@@ -39,14 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     if command == "edit":
         if args.command is None:
             args = parser.parse_args(["edit"] + (argv or []))
-        from .headless import run_edit
+        from .apps.edit import run_edit
 
         return run_edit(args)
     if command == "selfcheck":
-        from .selfcheck import run_selfcheck
+        from .apps.selfcheck import run_selfcheck
 
         return 0 if run_selfcheck(args.output, frames=args.frames, size=args.size)["passed"] else 1
-    from .benchmark import run as run_bench
+    from .apps.bench import run as run_bench
 
     return run_bench(args)
 

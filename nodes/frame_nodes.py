@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..motion_core.errors import InputError
-from ..motion_core.frames import check_permutation, inverse_permutation, permute_frames, shuffle_permutation
+from ..motion_core.method.frames import check_permutation, inverse_permutation, permute_frames, shuffle_permutation
 from .handle import CATEGORY, PERMUTATION_TYPE
 
 FRAME_CATEGORY = f"{CATEGORY}/frames"

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 import torch
 
 from ..motion_core.errors import InputError, check_frame_counts
-from ..motion_core.frames import poses_to_condition
-from ..motion_core.model import MotionModel
+from ..motion_core.method.frames import poses_to_condition
+from ..motion_core.video_model.model import MotionModel
 from . import comfy_bridge as bridge
 
 log = logging.getLogger("edit_your_motion")

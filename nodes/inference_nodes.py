@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from ..motion_core.attention import INJECTION_MODES
-from ..motion_core.ddim import ddim_invert
+from ..motion_core.video_model.attention import INJECTION_MODES
+from ..motion_core.method.ddim import ddim_invert
 from ..motion_core.errors import InputError
-from ..motion_core.sampler import SamplerConfig, two_branch_sample
+from ..motion_core.method.sampler import SamplerConfig, two_branch_sample
 from . import comfy_bridge as bridge
 from .handle import CATEGORY, MODEL_TYPE, activated, check_handle, embedding, latents_in, latents_out, pose_hint
 

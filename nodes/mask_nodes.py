@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from ..motion_core.errors import InputError, check_frame_counts
-from ..motion_core.frames import apply_background_mask
-from ..motion_core.keypoints import person_masks_from_keypoints
+from ..motion_core.method.frames import apply_background_mask
+from ..motion_core.pose import person_masks_from_keypoints
 from . import comfy_bridge as bridge
 from .handle import CATEGORY
 from .pose_nodes import ALLOW_MISSING_TOOLTIP, PERSON_TOOLTIP, SIZE_TOOLTIP, keypoints_at_size

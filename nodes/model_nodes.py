@@ -9,11 +9,11 @@ import re
 
 import torch
 
-from ..motion_core.attention import ATTENTION_MODES
-from ..motion_core.convert import controlnet_from_ldm, unet_from_ldm
+from ..motion_core.video_model.attention import ATTENTION_MODES
+from ..motion_core.video_model.convert import controlnet_from_ldm, unet_from_ldm
 from ..motion_core.errors import InputError
-from ..motion_core.model import MotionModel, is_full_size_sd15
-from ..motion_core.weights import read_tuned_weights, save_tuned_weights, verify_tuned_weights
+from ..motion_core.video_model.model import MotionModel, is_full_size_sd15
+from ..motion_core.video_model.weights import read_tuned_weights, save_tuned_weights, verify_tuned_weights
 from . import comfy_bridge as bridge
 from .handle import CATEGORY, MODEL_TYPE, MotionEngine, MotionHandle, check_handle, device_dtype_choice
 

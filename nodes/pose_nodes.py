@@ -9,9 +9,9 @@ import os
 import numpy as np
 import torch
 
-from ..motion_core import openpose
+from ..motion_core.pose import openpose
 from ..motion_core.errors import InputError
-from ..motion_core.keypoints import (
+from ..motion_core.pose import (
     ANCHOR_MODES, align_skeletons, alignment_parameters, check_person, from_pose_keypoint, render_pose_images,
     resize_keypoints, to_pose_keypoint,
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..motion_core.tuner import SHUFFLE_MODES, TuneConfig, tune_stage
+from ..motion_core.method.tuner import SHUFFLE_MODES, TuneConfig, tune_stage
 from . import comfy_bridge as bridge
 from .handle import (
     CATEGORY, MODEL_TYPE, PERMUTATION_TYPE, activated, check_handle, embedding, latents_in, pose_hint,

@@ -281,10 +281,10 @@ def write_random_sd15_controlnet(path, seed: int = 0, hint_channels: int = 3) ->
 # Driving a ComfyUI server over HTTP (loopback only)
 # --------------------------------------------------------------------------------------------
 
-# The HTTP client and server control live in the pack's stdlib-only motion_core/headless.py (the
+# The HTTP client and server control live in the pack's stdlib-only motion_core/apps/edit.py (the
 # command line's `python -m motion_core edit` uses them too); this harness adds the test set-up.
 _ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("eym_headless", _ROOT / "motion_core" / "headless.py")
+_spec = importlib.util.spec_from_file_location("eym_headless", _ROOT / "motion_core" / "apps" / "edit.py")
 headless = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(headless)
 

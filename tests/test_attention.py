@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from edit_your_motion.motion_core import attention as A
+from edit_your_motion.motion_core.video_model import attention as A
 from edit_your_motion.motion_core.errors import InputError
 
 

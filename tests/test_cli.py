@@ -8,8 +8,8 @@ import json
 import cv2
 import pytest
 
-from edit_your_motion.motion_core import headless
-from edit_your_motion.motion_core.selfcheck import BANNER, run_selfcheck
+from edit_your_motion.motion_core.apps import edit as headless
+from edit_your_motion.motion_core.apps.selfcheck import BANNER, run_selfcheck
 
 
 def _args(**kw):
@@ -40,7 +40,7 @@ def test_selfcheck_writes_video_frames_and_report(tmp_path):
 
 def test_edit_falls_back_to_the_selfcheck_and_says_why(tmp_path, monkeypatch):
     calls, lines = [], []
-    monkeypatch.setattr("edit_your_motion.motion_core.selfcheck.run_selfcheck",
+    monkeypatch.setattr("edit_your_motion.motion_core.apps.selfcheck.run_selfcheck",
                         lambda output, log=print: calls.append(output) or {"passed": True})
     assert headless.run_edit(_args(output=str(tmp_path)), log=lines.append) == 0
     assert calls == [str(tmp_path)]

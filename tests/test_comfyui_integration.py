@@ -279,7 +279,7 @@ def base(tmp_path_factory):
         _write_random_openpose(body)
     print(f"\n[eym] model files ready in {time.monotonic() - t0:.1f} s under {models}")
 
-    from edit_your_motion.motion_core.synthetic import make_clip
+    from edit_your_motion.motion_core.testing.synthetic import make_clip
 
     # source: a figure waving; reference: another figure walking, elsewhere in the frame and smaller
     src = make_clip(FRAMES, SIZE, SIZE, motion="wave", seed=1)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from edit_your_motion.motion_core.convert import _materialise, controlnet_from_ldm, own_copy, unet_from_ldm
+from edit_your_motion.motion_core.video_model.convert import _materialise, controlnet_from_ldm, own_copy, unet_from_ldm
 from edit_your_motion.motion_core.errors import ModelError
-from edit_your_motion.motion_core.model import MotionModel
+from edit_your_motion.motion_core.video_model.model import MotionModel
 
 _spec = importlib.util.spec_from_file_location("comfyui_harness", Path(__file__).with_name("comfyui_harness.py"))
 harness = importlib.util.module_from_spec(_spec)

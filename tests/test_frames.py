@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from edit_your_motion.motion_core import frames as F
+from edit_your_motion.motion_core.method import frames as F
 from edit_your_motion.motion_core.errors import InputError
 
 
@@ -78,7 +78,7 @@ def test_poses_to_condition_layout_and_resize():
 
 def test_pixel_sizes_must_be_divisible_by_8():
     from edit_your_motion.motion_core.errors import check_pixel_size
-    from edit_your_motion.motion_core.synthetic import make_clip
+    from edit_your_motion.motion_core.testing.synthetic import make_clip
 
     check_pixel_size("video", 512, 384)
     with pytest.raises(InputError, match=r"video is 510x512; .* e\.g\. 504x512"):

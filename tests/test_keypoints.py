@@ -1,4 +1,4 @@
-"""Tests for motion_core.keypoints: rendering vs controlnet_aux, POSE_KEYPOINT interop, alignment, masks."""
+"""Tests for motion_core.pose: rendering vs controlnet_aux, POSE_KEYPOINT interop, alignment, masks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edit_your_motion.motion_core import keypoints as K
+from edit_your_motion.motion_core import pose as K
 from edit_your_motion.motion_core.errors import InputError
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
-from edit_your_motion.motion_core import tiny
+from edit_your_motion.motion_core.testing import tiny
 from edit_your_motion.motion_core.errors import InputError, ModelError
-from edit_your_motion.motion_core.model import MotionModel
+from edit_your_motion.motion_core.video_model.model import MotionModel
 
 
 def _inputs(n, seed=0):

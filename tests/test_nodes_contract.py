@@ -118,7 +118,7 @@ def test_engine_imports_alone_without_comfy():
     import subprocess
 
     code = (
-        "import sys; sys.path.insert(0, %r); import motion_core.tuner, motion_core.sampler, motion_core.weights; "
+        "import sys; sys.path.insert(0, %r); import motion_core.method.tuner, motion_core.method.sampler, motion_core.video_model.weights, motion_core.pose; "
         "assert not any(m == 'comfy' or m.startswith('comfy.') for m in sys.modules); print('ok')" % str(ROOT)
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edit_your_motion.motion_core import tiny
+from edit_your_motion.motion_core.testing import tiny
 from edit_your_motion.motion_core.errors import InputError, ModelError
-from edit_your_motion.motion_core.synthetic import frames_to_latents, make_clip
+from edit_your_motion.motion_core.testing.synthetic import frames_to_latents, make_clip
 from edit_your_motion.nodes import comfy_bridge as bridge
 from edit_your_motion.nodes import inference_nodes, model_nodes, tuning_nodes
 from edit_your_motion.nodes.handle import MotionHandle

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from edit_your_motion.motion_core import keypoints as K
+from edit_your_motion.motion_core import pose as K
 from edit_your_motion.motion_core.errors import InputError
-from edit_your_motion.motion_core.synthetic import make_clip
+from edit_your_motion.motion_core.testing.synthetic import make_clip
 from edit_your_motion.nodes import comfy_bridge as bridge
 from edit_your_motion.nodes import frame_nodes, mask_nodes, pose_nodes
 
@@ -315,7 +315,7 @@ def test_extract_poses_outputs(models_dir, monkeypatch):
 
     monkeypatch.setattr(bridge.Progress, "step", counting_step)
     # random weights rarely find a person: have the detector report the synthetic figure in every frame
-    from edit_your_motion.motion_core import openpose
+    from edit_your_motion.motion_core.pose import openpose
 
     real_detect = openpose.detect_keypoints
 

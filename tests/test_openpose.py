@@ -1,4 +1,4 @@
-"""Tests for motion_core.openpose with randomly initialised weights (no real weights, no downloads)."""
+"""Tests for motion_core.pose.openpose with randomly initialised weights (no real weights, no downloads)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edit_your_motion.motion_core import openpose as OP
+from edit_your_motion.motion_core.pose import openpose as OP
 from edit_your_motion.motion_core.errors import InputError
 
 

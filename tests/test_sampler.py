@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from edit_your_motion.motion_core import tiny
-from edit_your_motion.motion_core.ddim import ddim_sample
+from edit_your_motion.motion_core.testing import tiny
+from edit_your_motion.motion_core.method.ddim import ddim_sample
 from edit_your_motion.motion_core.errors import InputError
-from edit_your_motion.motion_core.sampler import SamplerConfig, injection_active, two_branch_sample
+from edit_your_motion.motion_core.method.sampler import SamplerConfig, injection_active, two_branch_sample
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_same_prompt_and_poses_edit_equals_reconstruction(setup, guidance):
 
 def test_concat_injection_reweights_the_current_frame(setup):
     """Eq. 18 literally: identical branches still differ, because frame i appears twice among the
-    editing branch's keys (documented in motion_core/sampler.py)."""
+    editing branch's keys (documented in motion_core/method/sampler.py)."""
     res = _run(setup, same=True, kv_injection="concat")
     assert (res.edited - res.reconstruction).abs().max() > 1e-3
 
@@ -102,7 +102,7 @@ def test_bad_inputs(setup):
 def test_prompts_of_different_token_lengths(setup):
     """A 154-token prompt (two CLIP chunks) next to a 77-token one: repeated to a common length,
     which leaves cross-attention unchanged."""
-    from edit_your_motion.motion_core.model import match_token_lengths
+    from edit_your_motion.motion_core.video_model.model import match_token_lengths
 
     s = setup
     a, b = match_token_lengths(s["ps"], torch.cat([s["pt"], s["pt"]], dim=1))

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from edit_your_motion.motion_core import tiny
+from edit_your_motion.motion_core.testing import tiny
 from edit_your_motion.motion_core.errors import InputError
-from edit_your_motion.motion_core.synthetic import frames_to_latents, make_clip
-from edit_your_motion.motion_core.frames import apply_background_mask, poses_to_condition
-from edit_your_motion.motion_core.tuner import (
+from edit_your_motion.motion_core.testing.synthetic import frames_to_latents, make_clip
+from edit_your_motion.motion_core.method.frames import apply_background_mask, poses_to_condition
+from edit_your_motion.motion_core.method.tuner import (
     TuneConfig, noise_constraint_loss, reconstruction_loss, tune_stage, tune_stage1, tune_stage2,
 )
 
@@ -61,7 +61,7 @@ def test_noise_constraint_loss_equals_its_formula():
 def test_stage2_objective_is_the_weighted_sum(clip, monkeypatch):
     """Stage 2 minimises (1 - lambda) L_noise + lambda L_rec: with lambda = 1 the reported loss is
     L_rec alone, with lambda = 0 it is L_noise alone (same seed, same first step)."""
-    from edit_your_motion.motion_core import tuner
+    from edit_your_motion.motion_core.method import tuner
 
     seen = {}
     real_noise = tuner.noise_constraint_loss

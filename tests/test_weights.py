@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from edit_your_motion.motion_core import tiny, weights
+from edit_your_motion.motion_core.testing import tiny
+from edit_your_motion.motion_core.video_model import weights
 from edit_your_motion.motion_core.errors import InputError, ModelError
 
 

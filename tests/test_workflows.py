@@ -726,7 +726,7 @@ def image_scale(image, upscale_method, width, height, crop):
 
 
 def _stand_ins(clips: dict, saved: list) -> dict:
-    from edit_your_motion.motion_core import synthetic, tiny
+    from edit_your_motion.motion_core.testing import synthetic, tiny
 
     scale = 0.18215
 
@@ -825,8 +825,8 @@ def _write_body_model(models_dir: Path) -> None:
 
 
 def test_api_workflow_runs_end_to_end(tmp_path, monkeypatch):
-    from edit_your_motion.motion_core import openpose
-    from edit_your_motion.motion_core.synthetic import make_clip
+    from edit_your_motion.motion_core.pose import openpose
+    from edit_your_motion.motion_core.testing.synthetic import make_clip
     from edit_your_motion.nodes import pose_nodes
 
     monkeypatch.setenv("EYM_MODELS_DIR", str(tmp_path))

@@ -18,14 +18,14 @@ import cv2
 import numpy as np
 import torch
 
-from .ddim import ddim_invert
-from .frames import apply_background_mask, poses_to_condition
-from .keypoints import align_skeletons, person_masks_from_keypoints, render_pose_images
-from .sampler import SamplerConfig, two_branch_sample
-from .synthetic import frames_to_latents, latents_to_frames, make_clip
-from .tiny import build_motion_model, encode_prompt
-from .tuner import TuneConfig, tune_stage1, tune_stage2
-from .weights import load_tuned_weights, save_tuned_weights
+from ..method.ddim import ddim_invert
+from ..method.frames import apply_background_mask, poses_to_condition
+from ..pose import align_skeletons, person_masks_from_keypoints, render_pose_images
+from ..method.sampler import SamplerConfig, two_branch_sample
+from ..testing.synthetic import frames_to_latents, latents_to_frames, make_clip
+from ..testing.tiny import build_motion_model, encode_prompt
+from ..method.tuner import TuneConfig, tune_stage1, tune_stage2
+from ..video_model.weights import load_tuned_weights, save_tuned_weights
 
 BANNER = (
     "SELF-CHECK: no SD1.5 weights were given, so this runs the whole Edit-Your-Motion chain on built-in tiny "

@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 from diffusers import DDIMScheduler
 
-from .errors import InputError, check_frame_counts, check_latent_size
-from .model import MotionModel, match_token_lengths
+from ..errors import InputError, check_frame_counts, check_latent_size
+from ..video_model.model import MotionModel, match_token_lengths
 
 #: ``callback(step, total_steps)`` after every step; raise inside it to cancel.
 ProgressCallback = Callable[[int, int], None]

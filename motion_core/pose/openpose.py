@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 from .keypoints import NUM_KEYPOINTS, check_person, select_person
 
 __all__ = [

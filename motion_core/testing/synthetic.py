@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import torch
 
-from .errors import InputError, check_pixel_size
-from .keypoints import render_pose_images
+from ..errors import InputError, check_pixel_size
+from ..pose import render_pose_images
 
 # Rest pose in units of body height, origin at the top of the head's centre line; (x, y).
 _REST = np.array([

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError, check_frame_counts, check_masks
+from ..errors import InputError, check_frame_counts, check_masks
 
 
 def shuffle_permutation(num_frames: int, seed: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ import hashlib
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
-from .model import SD15_BLOCK_OUT_CHANNELS, SD15_CROSS_ATTENTION_DIM, MotionModel
+from ..video_model.model import SD15_BLOCK_OUT_CHANNELS, SD15_CROSS_ATTENTION_DIM, MotionModel
 
 SD15_DOWN = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
 SD15_UP = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .attention import INJECTION_MODES, UNET_PARTS
-from .ddim import ProgressCallback, ddim_schedule, ddim_step
-from .errors import InputError, check_frame_counts, check_latent_size
-from .model import MotionModel, match_token_lengths, to_device
+from ..video_model.attention import INJECTION_MODES, UNET_PARTS
+from ..method.ddim import ProgressCallback, ddim_schedule, ddim_step
+from ..errors import InputError, check_frame_counts, check_latent_size
+from ..video_model.model import MotionModel, match_token_lengths, to_device
 
 
 @dataclass

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from .errors import InputError, check_frame_counts, check_latent_size
-from .attention import AttentionPlan
-from .frames import check_permutation
-from .model import MotionModel, to_device
+from ..errors import InputError, check_frame_counts, check_latent_size
+from ..video_model.attention import AttentionPlan
+from ..method.frames import check_permutation
+from ..video_model.model import MotionModel, to_device
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SHUFFLE_MODES = ("per_step", "fixed", "none")

@@ -21,8 +21,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import InputError, ModelError
-from .model import MotionModel
+from ..errors import InputError, ModelError
+from ..video_model.model import MotionModel
 
 FORMAT = "edit-your-motion/tuned-weights/1"
 FINGERPRINT_TENSORS = 8

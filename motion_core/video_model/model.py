@@ -17,10 +17,10 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedding
 from torch import nn
 
-from .attention import (
+from ..video_model.attention import (
     ATTENTION_MODES, UNET_PARTS, AttentionPlan, FrameAttention, FrameAttnProcessor, FrameContext, TemporalAttention,
 )
-from .errors import InputError, ModelError
+from ..errors import InputError, ModelError
 
 #: Noise schedule of Stable Diffusion 1.5 (its ``scheduler_config.json``).
 SD15_SCHEDULER_CONFIG = {

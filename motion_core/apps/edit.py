@@ -24,7 +24,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-PACK_ROOT = Path(__file__).resolve().parents[1]
+PACK_ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = PACK_ROOT / "workflows" / "api" / "edit_your_motion_api.json"
 
 # Node ids of the shipped API workflow and the class each must have.
@@ -282,7 +282,7 @@ def run_edit(args, log=print) -> int:
             log("A real edit needs ComfyUI with this pack and the SD1.5 model files; here:")
             for r in reasons:
                 log(f"  - {r}")
-        from .selfcheck import run_selfcheck
+        from ..apps.selfcheck import run_selfcheck
 
         return 0 if run_selfcheck(args.output, log=log)["passed"] else 1
     return run_real(args, graph, log=log)

@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch.utils.flop_counter import FlopCounterMode
 
-from .attention import AttentionPlan, kv_frame_indices
-from .ddim import ddim_invert
-from .sampler import SamplerConfig, two_branch_sample
-from .tiny import build_motion_model, build_unet
-from .tuner import TuneConfig, tune_stage
+from ..video_model.attention import kv_frame_indices
+from ..method.ddim import ddim_invert
+from ..method.sampler import SamplerConfig, two_branch_sample
+from ..testing.tiny import build_motion_model, build_unet
+from ..method.tuner import TuneConfig, tune_stage
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

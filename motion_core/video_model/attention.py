@@ -20,7 +20,7 @@ from diffusers.models.attention_processor import Attention
 from einops import rearrange
 from torch import nn
 
-from .errors import InputError
+from ..errors import InputError
 
 ATTENTION_MODES = ("rc", "bidirectional", "sparse_causal", "self")
 INJECTION_MODES = ("concat", "balanced")

@@ -1,0 +1,1 @@
+"""Command-line jobs: edit (headless ComfyUI), selfcheck, bench, quality."""
