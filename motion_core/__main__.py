@@ -6,6 +6,8 @@
   the self-check (the whole chain on built-in tiny models) and says so.
 * ``selfcheck``: the self-check only.
 * ``bench``: per-phase speed, memory and TFLOP/s (see ``motion_core/apps/bench.py``).
+* ``quality``: the method, its ablations and baselines scored against ground truth in the small world
+  (see ``motion_core/apps/quality.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
 
     add_bench_arguments(bench)
 
+    quality = sub.add_parser("quality", help="edit quality against ground truth in the small world (ablations, baselines)")
+    from .apps.quality import add_arguments as add_quality_arguments
+
+    add_quality_arguments(quality)
+
     args = parser.parse_args(argv)
     command = args.command or "edit"
     if command == "edit":
@@ -46,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         from .apps.selfcheck import run_selfcheck
 
         return 0 if run_selfcheck(args.output, frames=args.frames, size=args.size)["passed"] else 1
+    if command == "quality":
+        from .apps.quality import run as run_quality
+
+        return run_quality(args)
     from .apps.bench import run as run_bench
 
     return run_bench(args)
