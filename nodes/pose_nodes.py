@@ -9,13 +9,14 @@ import os
 import numpy as np
 import torch
 
-from ..motion_core.pose import openpose
+from ..motion_core.pose import mediapipe_detector, openpose
 from ..motion_core.errors import InputError
 from ..motion_core.pose import (
     ANCHOR_MODES, align_skeletons, alignment_parameters, check_person, from_pose_keypoint, render_pose_images,
     resize_keypoints, to_pose_keypoint,
 )
 from . import comfy_bridge as bridge
+from . import detectors
 from .handle import CATEGORY
 
 log = logging.getLogger("edit_your_motion")
@@ -66,32 +67,19 @@ def keypoints_at_size(pose_keypoint, person, allow_missing: bool, height: int, w
     return kp, h, w
 
 
-def _detector_choices() -> list[str]:
-    files = bridge.list_files(bridge.OPENPOSE_FOLDER, (".pth", ".safetensors"))
-    if not files:
-        return [openpose.BODY_MODEL_FILENAME]
-    # the body model first; hand/face models of other packs may share the folder
-    return sorted(files, key=lambda f: (os.path.basename(f) != openpose.BODY_MODEL_FILENAME, f))
-
-
-def _where_hint() -> str:
-    folders = bridge.folder_paths_for(bridge.OPENPOSE_FOLDER)
-    return " or ".join(folders) + " (ComfyUI/models/openpose)"
-
-
 def load_detector(filename: str) -> bridge.Managed:
     """The OpenPose body network of ``filename`` in the openpose model folder, loaded once per file version."""
     path = bridge.full_path(bridge.OPENPOSE_FOLDER, filename)
     if path is None:  # let the engine raise its missing-file message (names the file, source and folder)
         path = os.path.join(bridge.folder_paths_for(bridge.OPENPOSE_FOLDER)[0], filename)
-        return bridge.Managed(openpose.load_body_model(path, where_hint=_where_hint()))
+        return bridge.Managed(openpose.load_body_model(path, where_hint=detectors.where_hint()))
     real = os.path.realpath(path)
     key = (real, os.path.getmtime(real))
     managed = _DETECTORS.get(key)
     if managed is None:
         for stale in [k for k in _DETECTORS if k[0] == real]:
             del _DETECTORS[stale]
-        managed = bridge.Managed(openpose.load_body_model(path, where_hint=_where_hint()))
+        managed = bridge.Managed(openpose.load_body_model(path, where_hint=detectors.where_hint()))
         _DETECTORS[key] = managed
         log.info("loaded OpenPose body model %s", path)
     return managed
@@ -106,10 +94,11 @@ def _image_batch(images, name: str) -> torch.Tensor:
 
 class ExtractPoses:
     DESCRIPTION = (
-        "Detects the body pose of one person in every frame with OpenPose (controlnet_aux's body network) and "
-        "renders the skeletons as ControlNet pose images. Needs body_pose_model.pth from the Hugging Face "
-        "repository lllyasviel/Annotators in ComfyUI/models/openpose. Run it on the source video and on the "
-        "reference (motion) video."
+        "Detects the body pose of one person in every frame and renders the skeletons as ControlNet pose images. "
+        "Detectors: OpenPose (controlnet_aux's body network; needs body_pose_model.pth from the Hugging Face "
+        "repository lllyasviel/Annotators in ComfyUI/models/openpose) or mediapipe (optional package, nothing to "
+        "download; its 33 landmarks are converted to OpenPose-18). auto uses OpenPose when its file is there, "
+        "else mediapipe. Run it on the source video and on the reference (motion) video."
     )
     CATEGORY = POSE_CATEGORY
     FUNCTION = "run"
@@ -122,26 +111,56 @@ class ExtractPoses:
         return {
             "required": {
                 "images": ("IMAGE", {"tooltip": "The video frames (an IMAGE batch, e.g. from a video loader)."}),
-                "detector": (_detector_choices(), {
-                    "tooltip": "The OpenPose body model in ComfyUI/models/openpose: body_pose_model.pth from the "
-                               "Hugging Face repository lllyasviel/Annotators (or a .safetensors conversion).",
+                "detector": (list(detectors.DETECTOR_MODES), {
+                    "default": "auto",
+                    "tooltip": "openpose: OpenPose with the file chosen in openpose_model. mediapipe: mediapipe's "
+                               "pose model (optional package, nothing to download: " + mediapipe_detector.MEDIAPIPE_INSTALL
+                               + "; Python 3.12 or older); one person per frame, 33 landmarks converted to "
+                               "OpenPose-18. auto: OpenPose when its file is in ComfyUI/models/openpose, else mediapipe.",
                 }),
-                "person": ("STRING", {"default": "largest", "tooltip": PERSON_TOOLTIP}),
+                "person": ("STRING", {"default": "largest", "tooltip": PERSON_TOOLTIP + " mediapipe finds one person per frame."}),
                 "detect_resolution": ("INT", {
                     "default": 512, "min": 64, "max": 2048, "step": 64,
-                    "tooltip": "Frames are resized so the short side has this many pixels for detection (as "
-                               "controlnet_aux does); keypoints come back in pixels of the input frames. Higher "
-                               "finds small people better but is slower.",
+                    "tooltip": "OpenPose only: frames are resized so the short side has this many pixels for "
+                               "detection (as controlnet_aux does); keypoints come back in pixels of the input "
+                               "frames. Higher finds small people better but is slower.",
                 }),
                 "stick_width": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": STICK_TOOLTIP}),
-            }
+            },
+            "optional": {
+                "openpose_model": (detectors.openpose_model_choices(), {
+                    "tooltip": "The OpenPose body model in ComfyUI/models/openpose: body_pose_model.pth from the "
+                               "Hugging Face repository lllyasviel/Annotators (or a .safetensors conversion). Not "
+                               "needed by mediapipe; auto falls back to mediapipe when it is absent.",
+                }),
+            },
         }
 
-    def run(self, images, detector, person="largest", detect_resolution=512, stick_width=4):
+    @classmethod
+    def VALIDATE_INPUTS(cls, detector, openpose_model=None):
+        # naming both inputs makes ComfyUI skip its list check: an absent openpose_model is fine for auto and
+        # mediapipe, and old graphs hold a file name in detector (see detectors.validate_detector)
+        return detectors.validate_detector(detector)
+
+    def run(self, images, detector="auto", person="largest", detect_resolution=512, stick_width=4,
+            openpose_model=None):
         frames = _image_batch(images, "images")
         person = check_person(person)
         n, h, w = frames.shape[:3]
-        managed = load_detector(detector)
+        kind, filename = detectors.choose_pose_detector(detector, openpose_model)
+        if kind == "mediapipe":
+            if person not in ("largest", 0):
+                raise InputError(f"person {person!r}: mediapipe finds one person per frame; use 'largest' (or 0), "
+                                 "or the openpose detector to pick another person")
+            progress = bridge.Progress(n, "mediapipe")
+            found_pose = mediapipe_detector.detect_poses(frames, video=True, segmentation=False,
+                                                         callback=lambda i, total: progress.step())
+            kp = found_pose.keypoints
+            openpose.require_people(found_pose.found, "images", detector="mediapipe")
+            log.info("mediapipe found the person in %d frames", n)
+            pose_images = render_pose_images(kp, h, w, stick_width=int(stick_width))
+            return (pose_images.to(bridge.intermediate_device()), to_pose_keypoint(kp, h, w))
+        managed = load_detector(filename)
         progress = bridge.Progress(n, "OpenPose")
         device = managed.load(memory_required=512 * 1024 ** 2)
         try:
@@ -267,7 +286,7 @@ NODE_CLASS_MAPPINGS = {
     "EYM_AlignSkeleton": AlignSkeleton,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "EYM_ExtractPoses": "EYM Extract Poses (OpenPose)",
+    "EYM_ExtractPoses": "EYM Extract Poses (OpenPose / mediapipe)",
     "EYM_RenderPoses": "EYM Render Poses (POSE_KEYPOINT)",
     "EYM_AlignSkeleton": "EYM Align Skeleton (offset)",
 }

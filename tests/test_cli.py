@@ -54,12 +54,33 @@ def test_missing_pieces_are_listed(tmp_path):
     (comfy / "models" / "checkpoints").mkdir(parents=True)
     (comfy / "models" / "checkpoints" / "sd15.safetensors").write_bytes(b"x")
     graph = headless.load_workflow()
-    reasons = headless.missing_for_real_run(_args(comfyui=str(comfy), checkpoint="sd15.safetensors",
+    reasons = headless.missing_for_real_run(_args(comfyui=str(comfy), checkpoint="sd15.safetensors", detector="openpose",
                                                   source=str(tmp_path / "nope.mp4")), graph)
     text = "\n".join(reasons)
     assert "not installed" in text and "control_v11p_sd15_openpose" in text and "body_pose_model.pth" in text
     assert "nope.mp4 does not exist" in text and "no --reference video" in text
     assert "sd15.safetensors" not in text
+
+
+def test_pose_detector_needs_the_openpose_file_or_mediapipe(tmp_path, monkeypatch):
+    comfy = tmp_path / "ComfyUI"
+    (comfy / "models" / "openpose").mkdir(parents=True)
+    asked = []
+    have_mediapipe = {"value": False}
+    monkeypatch.setattr(headless, "_mediapipe_in", lambda python: asked.append(python) or have_mediapipe["value"])
+    missing = lambda **kw: headless._pose_detector_missing(_args(comfyui=str(comfy), python="py", **kw), comfy)
+    (reason,) = missing()  # auto, neither
+    assert "no pose detector" in reason and "body_pose_model.pth" in reason and "pip install --no-deps mediapipe" in reason
+    assert missing(detector="openpose") == [f"no body_pose_model.pth in {comfy / 'models' / 'openpose'}"]
+    assert "mediapipe is not installed" in missing(detector="mediapipe")[0]
+    assert "use auto, openpose or mediapipe" in missing(detector="dwpose")[0]
+    have_mediapipe["value"] = True
+    assert missing() == [] and missing(detector="mediapipe") == [] and asked[-1] == "py"
+    # with the file, auto needs nothing else; an old-style --detector FILE means openpose with that file
+    (comfy / "models" / "openpose" / "body_pose_model.pth").write_bytes(b"x")
+    have_mediapipe["value"] = False
+    assert missing() == [] and missing(detector="openpose") == [] and missing(detector="body_pose_model.pth") == []
+    assert missing(detector="other.pth") == [f"no other.pth in {comfy / 'models' / 'openpose'}"]
 
 
 def test_fill_workflow_puts_every_setting_in_its_node():
@@ -77,6 +98,8 @@ def test_fill_workflow_puts_every_setting_in_its_node():
         ["a girl", "a girl is running", "a girl is jumping"]
     assert (node("stage1")["steps"], node("stage2")["steps"], node("inversion")["steps"], node("sampler")["steps"]) == (11, 12, 13, 13)
     assert node("stage1")["seed"] == node("sampler")["seed"] == 7
+    assert node("source_pose")["detector"] == node("reference_pose")["detector"] == "auto"
+    assert node("source_pose")["openpose_model"] == "body_pose_model.pth"
     assert graph[headless.NODES["stage1"][0]]["inputs"]["steps"] == 300  # the shipped graph is untouched
     with pytest.raises(SystemExit, match="divisible by 8"):
         headless.fill_workflow(graph, _args(size=250), "s.mp4", "r.mp4")

@@ -29,8 +29,9 @@ network finds nobody, so the two ``EYM_ExtractPoses`` nodes of the shipped workf
 ground-truth keypoints (what a working detector would have returned), given as a literal
 POSE_KEYPOINT value in the API prompt (``{"__value__": [...]}``, ComfyUI's wrapper for list-valued
 inputs), and connects the same literal to every input that took the detector's POSE_KEYPOINT
-(``EYM_AlignSkeleton``, ``EYM_KeypointMask``). Everything else is the shipped graph: skeleton
-alignment, keypoint mask, background masking, VAE, CLIP, both tuning stages, saving the tuned
+(``EYM_AlignSkeleton``, ``EYM_PersonMask``, set to its ``keypoints`` method: the synthetic figure
+is no photograph for mediapipe). Everything else is the shipped graph: skeleton alignment,
+person mask, background masking, VAE, CLIP, both tuning stages, saving the tuned
 weights, inversion, two-branch sampling, decoding and saving the video. As the reference frames
 then feed nothing, ComfyUI does not execute the reference video's loader chain.
 ``EYM_ExtractPoses`` itself is run separately (:func:`test_extract_poses_reports_no_person`): on the
@@ -390,7 +391,7 @@ def load_workflow() -> dict:
 
 EXPECTED_CLASSES = {
     "CheckpointLoaderSimple": 1, "ControlNetLoader": 1, "LoadVideo": 2, "GetVideoComponents": 2,
-    "ImageFromBatch": 2, "ImageScale": 2, "EYM_ExtractPoses": 2, "EYM_AlignSkeleton": 1, "EYM_KeypointMask": 1,
+    "ImageFromBatch": 2, "ImageScale": 2, "EYM_ExtractPoses": 2, "EYM_AlignSkeleton": 1, "EYM_PersonMask": 1,
     "EYM_MaskFrames": 1, "VAEEncode": 2, "CLIPTextEncode": 3, "EYM_LoadVideoModel": 1, "EYM_TuneStage1": 1,
     "EYM_TuneStage2": 1, "EYM_SaveTunedWeights": 1, "EYM_DDIMInversion": 1, "EYM_TwoBranchSampler": 1,
     "VAEDecode": 1, "CreateVideo": 1, "SaveVideo": 1,
@@ -418,6 +419,8 @@ def patch_workflow(graph: dict, base, tag: str, tune_steps=(1, 1), ddim_steps: i
         g[nid]["inputs"].update(width=SIZE, height=SIZE)
     for nid in _of_class(g, "EYM_KeypointMask") + _of_class(g, "EYM_RenderPoses"):
         g[nid]["inputs"].update(width=0, height=0)  # the keypoints' canvas: the frames' size
+    for nid in _of_class(g, "EYM_PersonMask"):
+        g[nid]["inputs"]["method"] = "keypoints"  # the synthetic figure is no photograph for mediapipe
     for nid, steps in zip(_of_class(g, "EYM_TuneStage1") + _of_class(g, "EYM_TuneStage2"), tune_steps):
         g[nid]["inputs"]["steps"] = steps
     for nid in _of_class(g, "EYM_DDIMInversion") + _of_class(g, "EYM_TwoBranchSampler"):
@@ -663,9 +666,9 @@ def test_object_info_lists_pack_nodes(server):
             assert entry["display_name"] == display.get(name, name)
             assert entry["output_node"] == bool(getattr(cls, "OUTPUT_NODE", False)), name
         # the pack's model folders are registered: the random body model is offered, first
-        detector = info["EYM_ExtractPoses"]["input"]["required"]["detector"]
-        choices = detector[0] if isinstance(detector[0], list) else detector[1].get("options")
-        assert choices and choices[0] == OPENPOSE_NAME, detector
+        model = info["EYM_ExtractPoses"]["input"]["optional"]["openpose_model"]
+        choices = model[0] if isinstance(model[0], list) else model[1].get("options")
+        assert choices and choices[0] == OPENPOSE_NAME, model
         print(f"\n[eym] /object_info: {len(mappings)} EYM nodes, {len(info)} node types in all")
 
 
@@ -734,7 +737,8 @@ def test_extract_poses_reports_no_person(server):
         graph = {
             "1": {"class_type": "LoadVideo", "inputs": {"file": base.source_video}},
             "2": {"class_type": "GetVideoComponents", "inputs": {"video": ["1", 0]}},
-            "3": {"class_type": "EYM_ExtractPoses", "inputs": {"images": ["2", 0], "detector": OPENPOSE_NAME,
+            "3": {"class_type": "EYM_ExtractPoses", "inputs": {"images": ["2", 0], "detector": "openpose",
+                                                               "openpose_model": OPENPOSE_NAME,
                                                                "person": "largest", "detect_resolution": 64,
                                                                "stick_width": 4}},
             "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},

@@ -48,7 +48,7 @@ def test_mappings_agree_and_are_prefixed():
             assert mid.startswith("EYM_") and m.NODE_DISPLAY_NAME_MAPPINGS[mid].startswith("EYM ")
     assert {mid for mid, _ in ALL_NODES} == {
         "EYM_ExtractPoses", "EYM_RenderPoses", "EYM_AlignSkeleton", "EYM_MaskFrames", "EYM_KeypointMask",
-        "EYM_ShuffleFrames", "EYM_UnshuffleFrames",
+        "EYM_PersonMask", "EYM_ShuffleFrames", "EYM_UnshuffleFrames",
     }
 
 
@@ -81,13 +81,17 @@ def test_node_declaration_well_formed(mid, cls, models_dir):
 
 
 def test_detector_choices(models_dir):
-    choices = pose_nodes.ExtractPoses.INPUT_TYPES()["required"]["detector"][0]
-    assert choices == ["body_pose_model.pth"]  # placeholder so the node validates
+    spec = pose_nodes.ExtractPoses.INPUT_TYPES()
+    assert spec["required"]["detector"][0] == ["auto", "openpose", "mediapipe"]
+    assert spec["required"]["detector"][1]["default"] == "auto"
+    # no file: a placeholder that is not a model file name, so the frontend flags a workflow's file as missing
+    choices = spec["optional"]["openpose_model"][0]
+    assert choices == ["(no file in models/openpose)"] and not choices[0].endswith((".pth", ".safetensors"))
     folder = models_dir / "openpose"
     folder.mkdir()
     for name in ("hand_pose_model.pth", "body_pose_model.pth", "notes.txt"):
         (folder / name).write_bytes(b"x")
-    choices = pose_nodes.ExtractPoses.INPUT_TYPES()["required"]["detector"][0]
+    choices = pose_nodes.ExtractPoses.INPUT_TYPES()["optional"]["openpose_model"][0]
     assert choices == ["body_pose_model.pth", "hand_pose_model.pth"]
     anchors = pose_nodes.AlignSkeleton.INPUT_TYPES()["required"]["anchor"]
     assert list(anchors[0]) == list(K.ANCHOR_MODES) and anchors[1]["default"] == "neck_hip"

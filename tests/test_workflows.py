@@ -46,7 +46,7 @@ UPLOAD_OPTIONS = ("image_upload", "video_upload", "animated_image_upload")
 # COMBO lists built from the user's folders: any non-empty name is accepted
 DYNAMIC_COMBOS = {
     ("CheckpointLoaderSimple", "ckpt_name"), ("ControlNetLoader", "control_net_name"), ("LoadVideo", "file"),
-    ("LoadImage", "image"), ("LoraLoaderModelOnly", "lora_name"), ("EYM_ExtractPoses", "detector"),
+    ("LoadImage", "image"), ("LoraLoaderModelOnly", "lora_name"), ("EYM_ExtractPoses", "openpose_model"),
     ("EYM_LoadTunedWeights", "tuned_weights"),
 }
 
@@ -537,6 +537,78 @@ def test_ui_layout_is_readable(path):
                    and y1 <= g["bounding"][1] + g["bounding"][3] for g in groups), f"node {n['id']} is in no group"
 
 
+# The frontend draws a group's title in a bar at the top of the group (LiteGraph's NODE_TITLE_HEIGHT, 30 px;
+# older frontends font_size * 1.4 = 34 px at the default 24) and a node's title bar 30 px above its pos.
+GROUP_TITLE_BAND = 40
+NODE_TITLE_HEIGHT = 30
+
+
+def title_band_overlaps(wf: dict) -> list[str]:
+    """Nodes (notes included) whose box, title bar included, covers part of a group's title bar."""
+    found = []
+    for g in wf.get("groups") or []:
+        gx, gy, gw, _ = g["bounding"]
+        for n in wf["nodes"]:
+            x0, y0 = n["pos"][0], n["pos"][1] - NODE_TITLE_HEIGHT
+            x1, y1 = n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1]
+            if x0 < gx + gw and gx < x1 and y0 < gy + GROUP_TITLE_BAND and gy < y1:
+                found.append(f"node {n['id']} covers the title of group {g['title']!r}")
+    return found
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_no_node_covers_a_group_title(path):
+    assert title_band_overlaps(_load(path)) == []
+
+
+def test_title_band_check_finds_a_covered_title(main_pair):
+    ui = copy.deepcopy(main_pair[0])
+    group = ui["groups"][0]
+    node = next(n for n in ui["nodes"] if n["type"] not in FRONTEND_ONLY and
+                group["bounding"][0] <= n["pos"][0] <= group["bounding"][0] + group["bounding"][2])
+    node["pos"][1] = group["bounding"][1] + 45  # its title bar reaches 15 px into the group's title bar
+    assert title_band_overlaps(ui) == [f"node {node['id']} covers the title of group {group['title']!r}"]
+
+
+def test_thumbnail_for_the_template_browser():
+    """ComfyUI's template browser shows X.jpg next to X.json: a small real JPEG."""
+    thumb = _file("edit_your_motion.json").with_suffix(".jpg")
+    data = thumb.read_bytes()
+    assert data[:3] == b"\xff\xd8\xff" and data[-2:] == b"\xff\xd9" and len(data) < 150_000
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None and 150 <= image.shape[0] <= 600 and 1.0 <= image.shape[1] / image.shape[0] <= 4.0
+    assert float(image.std()) > 20  # a picture, not a blank
+
+
+def test_missing_models_panel_sees_the_openpose_file(defs, models_dir_empty):
+    """ComfyUI's frontend lists a model as missing when a COMBO widget holds a model file name that is not
+    among the widget's choices, and takes the download link from the node's properties.models. So the
+    OpenPose file must sit in the file-list widget openpose_model, and that list must not offer it when
+    models/openpose is empty."""
+    from edit_your_motion.nodes import pose_nodes
+
+    ui = _load(_file("edit_your_motion.json"))
+    choices = pose_nodes.ExtractPoses.INPUT_TYPES()["optional"]["openpose_model"][0]
+    extract = [n for n in ui["nodes"] if n["type"] == "EYM_ExtractPoses"]
+    assert len(extract) == 2
+    for node in extract:
+        values = ui_widget_values(node, defs["EYM_ExtractPoses"])
+        assert values["detector"] == "auto"
+        (model,) = node["properties"]["models"]
+        assert model["name"] == values["openpose_model"] == "body_pose_model.pth" and model["directory"] == "openpose"
+        assert model["name"] not in choices and model["url"].endswith("/" + model["name"])
+    masks = [n for n in ui["nodes"] if n["type"] == "EYM_PersonMask"]
+    assert len(masks) == 1 and ui_widget_values(masks[0], defs["EYM_PersonMask"])["method"] == "auto"
+
+
+@pytest.fixture
+def models_dir_empty(tmp_path, monkeypatch):
+    monkeypatch.setenv("EYM_MODELS_DIR", str(tmp_path))
+    return tmp_path
+
+
 def test_main_workflow_uses_paper_settings(defs):
     """300 + 300 tuning steps at lr 3e-5, 50 DDIM steps for inversion and sampling, no guidance,
     8 frames at 512x512, fixed seeds, the three prompts, fps from the source video."""
@@ -825,11 +897,13 @@ def _write_body_model(models_dir: Path) -> None:
 
 
 def test_api_workflow_runs_end_to_end(tmp_path, monkeypatch):
-    from edit_your_motion.motion_core.pose import openpose
+    """auto with the OpenPose file present and no mediapipe: OpenPose poses, the keypoint mask."""
+    from edit_your_motion.motion_core.pose import mediapipe_detector, openpose
     from edit_your_motion.motion_core.testing.synthetic import make_clip
     from edit_your_motion.nodes import pose_nodes
 
     monkeypatch.setenv("EYM_MODELS_DIR", str(tmp_path))
+    monkeypatch.setattr(mediapipe_detector, "mediapipe_available", lambda: False)
     pose_nodes._DETECTORS.clear()
     _write_body_model(tmp_path)
 
@@ -911,3 +985,66 @@ def _is_hub_link(url: str) -> bool:
 
     parts = urlparse(url)
     return parts.scheme == "https" and parts.hostname == "huggingface" + ".co"
+
+
+@dataclasses.dataclass
+class _Frames:
+    frames: torch.Tensor
+
+
+def test_api_workflow_runs_with_auto_and_no_openpose_file(tmp_path, monkeypatch, mediapipe_solutions):
+    """The shipped workflow as a user with only the SD1.5 checkpoint and the openpose ControlNet runs it:
+    no body_pose_model.pth, detector and mask on auto, so real mediapipe finds the poses and segments the
+    person. The clips are pans over scikit-image's astronaut photograph (a real person)."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from edit_your_motion.motion_core.pose import from_pose_keypoint, mediapipe_detector, openpose
+    from edit_your_motion.nodes import pose_nodes
+
+    monkeypatch.setenv("EYM_MODELS_DIR", str(tmp_path))
+    pose_nodes._DETECTORS.clear()
+
+    def no_openpose(*args, **kwargs):
+        raise AssertionError("OpenPose must not be used without its file")
+
+    monkeypatch.setattr(openpose, "load_body_model", no_openpose)
+    monkeypatch.setattr(openpose, "detect_keypoints", no_openpose)
+    detected = []
+    real_detect = mediapipe_detector.detect_poses
+    monkeypatch.setattr(mediapipe_detector, "detect_poses",
+                        lambda images, **kw: detected.append(images.shape[0]) or real_detect(images, **kw))
+
+    photo = torch.from_numpy(skimage_data.astronaut().copy()).float() / 255
+    source = torch.stack([photo[16:400, 16 + 8 * i:400 + 8 * i] for i in range(4)])  # a slow pan
+    reference = torch.stack([photo[0:448, 32 - 8 * i:480 - 8 * i].flip(1) for i in range(4)])  # mirrored, the other way
+    prompt = _load(_file("edit_your_motion_api.json"))
+    overrides = {"ImageFromBatch": {"length": 3}, "ImageScale": {"width": 128, "height": 128},
+                 "EYM_TuneStage1": {"steps": 1}, "EYM_TuneStage2": {"steps": 1}, "EYM_DDIMInversion": {"steps": 2},
+                 "EYM_TwoBranchSampler": {"steps": 2}}
+    for node in prompt.values():
+        node["inputs"].update(overrides.get(node["class_type"], {}))
+    assert {n["inputs"].get("detector") for n in prompt.values() if n["class_type"] == "EYM_ExtractPoses"} == {"auto"}
+    sampler = next(n for n, v in prompt.items() if v["class_type"] == "EYM_TwoBranchSampler")
+    align = _upstream(prompt, sampler, "EYM_AlignSkeleton", "reference_poses")
+    src_video = _upstream(prompt, sampler, "LoadVideo", "source_poses")
+    ref_video = _upstream(prompt, align, "LoadVideo", "reference")
+    clips = {prompt[src_video]["inputs"]["file"]: (_Frames(source), 10.0),
+             prompt[ref_video]["inputs"]["file"]: (_Frames(reference), 10.0)}
+    saved: list = []
+    classes = dict(pack_classes())
+    classes.update(_stand_ins(clips, saved))
+    outputs = execute(prompt, classes)
+
+    assert detected == [3, 3, 3]  # source and reference poses, then the source mask
+    ((video, _),) = saved
+    assert tuple(video.frames.shape) == (3, 128, 128, 3) and torch.isfinite(video.frames).all()
+    (mask_node,) = [n for n, v in prompt.items() if v["class_type"] == "EYM_PersonMask"]
+    mask = outputs[mask_node][0]
+    # the crops are 384 px scaled to 128: the face (about x 195..250, y 75..165 in the photograph) is
+    # person, the flag in the top-left corner is not
+    assert mask.shape == (3, 128, 128)
+    for i in range(3):
+        x0, x1 = round((195 - 16 - 8 * i) / 3), round((250 - 16 - 8 * i) / 3)
+        y0, y1 = round((75 - 16) / 3), round((165 - 16) / 3)
+        assert float(mask[i, y0:y1, x0:x1].mean()) > 0.95 and float(mask[i, :15, :15].sum()) == 0
+    src_kp, h, w = from_pose_keypoint(outputs[_upstream(prompt, sampler, "EYM_ExtractPoses", "source_poses")][1])
+    assert (h, w) == (128, 128) and (src_kp[:, 0, 2] > 0).all()  # the nose in every frame

@@ -38,7 +38,10 @@ NODES = {
     "stage1": ("22", "EYM_TuneStage1"), "stage2": ("23", "EYM_TuneStage2"), "inversion": ("25", "EYM_DDIMInversion"),
     "sampler": ("26", "EYM_TwoBranchSampler"), "save": ("29", "SaveVideo"),
 }
-MODEL_FILES = (("checkpoints", "checkpoint"), ("controlnet", "controlnet"), ("openpose", "detector"))
+MODEL_FILES = (("checkpoints", "checkpoint"), ("controlnet", "controlnet"))
+# stdlib only here (the test harness loads this file on its own): the pins of mediapipe_detector.py
+MEDIAPIPE_INSTALL = ('pip install --no-deps mediapipe==0.10.14 && '
+                     'pip install absl-py attrs flatbuffers "protobuf<5" matplotlib')
 
 
 def _guess_comfyui() -> str | None:
@@ -63,7 +66,10 @@ def add_edit_arguments(p) -> None:
     i.add_argument("--target-prompt", help="P_t: P_c plus the new motion")
     i.add_argument("--checkpoint", help="SD1.5 checkpoint file name in ComfyUI/models/checkpoints")
     i.add_argument("--controlnet", help="openpose ControlNet file name in ComfyUI/models/controlnet")
-    i.add_argument("--detector", default="body_pose_model.pth", help="OpenPose body model in ComfyUI/models/openpose")
+    i.add_argument("--detector", default="auto",
+                   help="pose detector: auto (OpenPose when --openpose-model is in ComfyUI/models/openpose, else "
+                        "mediapipe), openpose or mediapipe")
+    i.add_argument("--openpose-model", default="body_pose_model.pth", help="OpenPose body model in ComfyUI/models/openpose")
     s = p.add_argument_group("settings (paper defaults)")
     s.add_argument("--frames", type=int, default=8)
     s.add_argument("--size", type=int, default=512, help="frame width and height (divisible by 8)")
@@ -101,7 +107,7 @@ def fill_workflow(graph: dict, args, source_name: str, reference_name: str) -> d
     for n in ("source_size", "reference_size"):
         put(n, width=args.size, height=args.size)
     for n in ("source_pose", "reference_pose"):
-        put(n, detector=args.detector)
+        put(n, detector=args.detector, openpose_model=args.openpose_model)
     put("content_prompt", text=args.content_prompt)
     put("source_prompt", text=args.source_prompt)
     put("target_prompt", text=args.target_prompt)
@@ -123,16 +129,46 @@ def missing_for_real_run(args, graph: dict) -> list[str]:
     if not installed:
         reasons.append(f"this pack is not installed in {comfy / 'custom_nodes'} (clone or link it there)")
     wanted = {"checkpoint": args.checkpoint or graph[NODES["checkpoint"][0]]["inputs"]["ckpt_name"],
-              "controlnet": args.controlnet or graph[NODES["controlnet"][0]]["inputs"]["control_net_name"],
-              "detector": args.detector}
+              "controlnet": args.controlnet or graph[NODES["controlnet"][0]]["inputs"]["control_net_name"]}
     for folder, key in MODEL_FILES:
         if not (comfy / "models" / folder / wanted[key]).is_file():
             reasons.append(f"no {wanted[key]} in {comfy / 'models' / folder}")
+    reasons += _pose_detector_missing(args, comfy)
     for flag in ("source", "reference"):
         value = getattr(args, flag)
         if not value or not Path(value).is_file():
             reasons.append(f"no --{flag} video given" if not value else f"--{flag} {value} does not exist")
     return reasons
+
+
+def _mediapipe_in(python: str) -> bool:
+    """Whether ComfyUI's Python can import mediapipe's pose solution."""
+    try:
+        done = subprocess.run([python, "-c", "import mediapipe.python.solutions.pose"], capture_output=True,
+                              timeout=300)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def _pose_detector_missing(args, comfy: Path) -> list[str]:
+    """What stops the pose detector the workflow will use (see nodes/detectors.py)."""
+    detector = args.detector
+    model = args.openpose_model
+    if detector.lower().endswith((".pth", ".safetensors")):  # the old meaning: an OpenPose file
+        detector, model = "openpose", detector
+    has_file = (comfy / "models" / "openpose" / model).is_file()
+    no_file = f"no {model} in {comfy / 'models' / 'openpose'}"
+    no_mediapipe = f"mediapipe is not installed in ComfyUI's Python {args.python} ({MEDIAPIPE_INSTALL})"
+    if detector == "openpose":
+        return [] if has_file else [no_file]
+    if detector == "mediapipe":
+        return [] if _mediapipe_in(args.python) else [no_mediapipe]
+    if detector != "auto":
+        return [f"--detector {detector}: use auto, openpose or mediapipe"]
+    if has_file or _mediapipe_in(args.python):
+        return []
+    return [f"no pose detector for --detector auto: {no_file}, and {no_mediapipe}"]
 
 
 # --------------------------------------------------------------------------- HTTP (stdlib only, loopback only)

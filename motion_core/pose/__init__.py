@@ -1,5 +1,6 @@
 """Body poses: OpenPose-18 keypoint arrays, rendering, POSE_KEYPOINT interop, skeleton alignment,
-rough masks and the OpenPose detector (``pose.openpose``, imported on demand)."""
+rough masks, and the detectors, imported on demand: OpenPose (``pose.openpose``) and mediapipe poses
+and person masks (``pose.mediapipe_detector``; mask post-processing in ``pose.mask_refine``)."""
 
 from .align import ANCHOR_MODES, align_skeletons, alignment_parameters
 from .interop import from_pose_keypoint, to_pose_keypoint

@@ -279,8 +279,8 @@ def detect_keypoints(images, body_model, person: str | int = "largest", detect_r
     return out, found
 
 
-def require_people(found, input_name: str) -> None:
-    """Raise ``InputError`` listing the frames of ``input_name`` where no person was detected."""
+def require_people(found, input_name: str, detector: str = "OpenPose") -> None:
+    """Raise ``InputError`` listing the frames of ``input_name`` where ``detector`` found no person."""
     found = np.asarray(found, dtype=bool).reshape(-1)
     missing = np.nonzero(~found)[0].tolist()
     if not missing:
@@ -288,7 +288,7 @@ def require_people(found, input_name: str) -> None:
     shown = ", ".join(map(str, missing[:30])) + (f", ... ({len(missing)} in all)" if len(missing) > 30 else "")
     everything = " (no frame at all: is the person visible and large enough?)" if len(missing) == len(found) else ""
     raise InputError(
-        f"OpenPose found no person in {input_name} frame(s) {shown} of {len(found)}{everything}. "
+        f"{detector} found no person in {input_name} frame(s) {shown} of {len(found)}{everything}. "
         "Trim those frames from the clip, or provide POSE_KEYPOINT from another pose estimator "
         "(e.g. DWPose) instead."
     )

@@ -1,0 +1,96 @@
+"""Which pose detector and which person-mask method a node uses: OpenPose (needs its weights file),
+mediapipe (optional package, models inside its wheel) or the rough keypoint mask, and ``auto``."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ..motion_core.errors import InputError
+from ..motion_core.pose import mediapipe_detector, openpose
+from . import comfy_bridge as bridge
+
+log = logging.getLogger("edit_your_motion")
+
+DETECTOR_MODES = ("auto", "openpose", "mediapipe")
+MASK_METHODS = ("auto", "mediapipe", "mediapipe_selfie", "keypoints")
+# the model list when models/openpose holds no file: a name that is not a model file, so ComfyUI's
+# frontend flags a workflow's body_pose_model.pth as missing (it compares the value with this list)
+NO_OPENPOSE_FILE = "(no file in models/openpose)"
+_MODEL_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
+
+
+def openpose_model_choices() -> list[str]:
+    """The files of the openpose model folder, the body model first; a placeholder when there are none."""
+    files = bridge.list_files(bridge.OPENPOSE_FOLDER, (".pth", ".safetensors"))
+    if not files:
+        return [NO_OPENPOSE_FILE]
+    # hand/face models of other packs may share the folder
+    return sorted(files, key=lambda f: (os.path.basename(f) != openpose.BODY_MODEL_FILENAME, f))
+
+
+def is_model_file_name(value) -> bool:
+    return isinstance(value, str) and value.lower().endswith(_MODEL_SUFFIXES)
+
+
+def where_hint() -> str:
+    folders = bridge.folder_paths_for(bridge.OPENPOSE_FOLDER)
+    return " or ".join(folders) + " (ComfyUI/models/openpose)"
+
+
+def validate_detector(detector) -> str | bool:
+    """ComfyUI's VALIDATE_INPUTS answer for ``detector``: True, or the error text.
+
+    Besides the modes, a model file name is accepted: graphs saved before the detector choice existed
+    hold the OpenPose file name in ``detector``; they run as ``openpose`` with that file."""
+    if detector in DETECTOR_MODES or is_model_file_name(detector):
+        return True
+    return f"detector must be one of {', '.join(DETECTOR_MODES)}; got {detector!r}"
+
+
+def choose_pose_detector(detector: str, openpose_model: str | None) -> tuple[str, str]:
+    """``("openpose", file name)`` or ``("mediapipe", "")`` for a node's ``detector`` and ``openpose_model``.
+
+    * ``openpose``: the chosen file (``body_pose_model.pth`` when none is chosen); a missing file is
+      reported when it is loaded.
+    * ``mediapipe``: mediapipe, or :class:`MediapipeUnavailable` saying how to install it.
+    * ``auto``: OpenPose when the file is in the openpose model folder, else mediapipe when it imports,
+      else one :class:`InputError` naming both ways.
+    * a model file name (graphs from before the detector choice): ``openpose`` with that file.
+    """
+    if is_model_file_name(detector):
+        return "openpose", detector
+    if detector not in DETECTOR_MODES:
+        raise InputError(validate_detector(detector))
+    filename = openpose_model if is_model_file_name(openpose_model) else openpose.BODY_MODEL_FILENAME
+    if detector == "openpose":
+        return "openpose", filename
+    if detector == "mediapipe":
+        mediapipe_detector.import_mediapipe()  # raises with the install line when it is missing
+        return "mediapipe", ""
+    if bridge.full_path(bridge.OPENPOSE_FOLDER, filename) is not None:
+        return "openpose", filename
+    problem = mediapipe_detector.mediapipe_problem()
+    if problem is None:
+        log.info("detector auto: the OpenPose model %s is not in %s; using mediapipe", filename, where_hint())
+        return "mediapipe", ""
+    raise InputError(
+        f"detector auto found no pose detector. OpenPose: the body model {filename} is not in {where_hint()}; "
+        f"download {openpose.BODY_MODEL_FILENAME} from the Hugging Face repository lllyasviel/Annotators into "
+        f"that folder. mediapipe: {problem}"
+    )
+
+
+def choose_mask_method(method: str) -> str:
+    """``mediapipe``, ``mediapipe_selfie`` or ``keypoints``; ``auto`` is mediapipe when it imports, else
+    keypoints. Asking for a mediapipe method without mediapipe raises :class:`MediapipeUnavailable`."""
+    if method not in MASK_METHODS:
+        raise InputError(f"method must be one of {', '.join(MASK_METHODS)}; got {method!r}")
+    if method == "auto":
+        if mediapipe_detector.mediapipe_available():
+            return "mediapipe"
+        log.info("person mask auto: mediapipe is not installed; drawing the rough mask from keypoints")
+        return "keypoints"
+    if method.startswith("mediapipe"):
+        mediapipe_detector.import_mediapipe()
+    return method
