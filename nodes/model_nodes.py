@@ -128,8 +128,8 @@ def _next_free_name(folder, prefix: str) -> str:
 
 class SaveTunedWeights:
     DESCRIPTION = (
-        "Saves the tuned tensors (RC-Attn and temporal layers, plus Motion Attention for eym_v2; a few hundred MB for "
-        "SD1.5) as safetensors in ComfyUI/models/edit_your_motion, with the method, attention mode, stages and a "
+        "Saves the tuned tensors (RC-Attn and temporal layers, about 0.4 GB for SD1.5, plus Motion Attention for eym_v2, "
+        "about 1 GB in all) as safetensors in ComfyUI/models/edit_your_motion, with the method, attention mode, stages and a "
         "fingerprint of the base model."
     )
     CATEGORY = f"{CATEGORY}/model"
