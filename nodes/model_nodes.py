@@ -12,7 +12,7 @@ import torch
 from ..motion_core.video_model.attention import ATTENTION_MODES
 from ..motion_core.video_model.convert import controlnet_from_ldm, unet_from_ldm
 from ..motion_core.errors import InputError
-from ..motion_core.video_model.model import MotionModel, is_full_size_sd15
+from ..motion_core.video_model.model import METHODS, MotionModel, is_full_size_sd15
 from ..motion_core.video_model.weights import read_tuned_weights, save_tuned_weights, verify_tuned_weights
 from . import comfy_bridge as bridge
 from .handle import CATEGORY, MODEL_TYPE, MotionEngine, MotionHandle, check_handle, device_dtype_choice
@@ -24,6 +24,11 @@ ATTENTION_TOOLTIP = (
     "(previous frame + itself, the first frame reads the last; Edit-Your-Motion, default). "
     "bidirectional: previous + next frame (the paper's later version). sparse_causal: first + previous "
     "frame (Tune-A-Video). self: the image model's own attention (ablation)."
+)
+METHOD_TOOLTIP = (
+    "eym_v1: Edit-Your-Motion (ACM MM 2024): DPL tuning (EYM Stage 1 / Stage 2 Tuning) and the two-branch "
+    "sampler; use attention rc. eym_v2: the later version: adds a Motion Attention adapter on every ControlNet "
+    "residual, STL tuning (EYM STL Stage 1 / Stage 2) and the single-branch sampler; use attention bidirectional."
 )
 
 
@@ -39,7 +44,8 @@ class LoadVideoModel:
     DESCRIPTION = (
         "Turns an SD1.5 checkpoint's MODEL and an openpose ControlNet into Edit-Your-Motion's video model: "
         "a temporal attention layer is added to every transformer block and spatial self-attention becomes "
-        "RC-Attn. Weights are converted in memory; nothing is downloaded or written."
+        "RC-Attn (method eym_v2 also adds the later version's Motion Attention adapter). Weights are converted in "
+        "memory; nothing is downloaded or written."
     )
     CATEGORY = f"{CATEGORY}/model"
     FUNCTION = "run"
@@ -59,10 +65,13 @@ class LoadVideoModel:
                     "tooltip": "Storage type of the frozen weights. auto: bf16 on GPUs that support it (else fp16), "
                                "fp32 on the CPU. Trained tensors always keep a float32 master copy.",
                 }),
-            }
+            },
+            "optional": {
+                "method": (list(METHODS), {"default": "eym_v1", "tooltip": METHOD_TOOLTIP}),
+            },
         }
 
-    def run(self, model, control_net, attention_mode="rc", weight_dtype="auto"):
+    def run(self, model, control_net, attention_mode="rc", weight_dtype="auto", method="eym_v1"):
         dtype = device_dtype_choice(weight_dtype, bridge.torch_device())
         offload = bridge.offload_device()
         unet_src, scale = bridge.unet_weights(model)
@@ -77,9 +86,10 @@ class LoadVideoModel:
         else:
             cn = _copy_module(cn_src, dtype)
         with torch.inference_mode(False):
-            motion = MotionModel.from_unet(unet, cn, attention_mode=attention_mode, latent_scale=scale)
+            motion = MotionModel.from_unet(unet, cn, attention_mode=attention_mode, latent_scale=scale, method=method)
         engine = MotionEngine(motion, scale, dtype)
-        log.info("Edit-Your-Motion video model ready (%s weights, attention %s)", str(dtype).split(".")[-1], attention_mode)
+        log.info("Edit-Your-Motion video model ready (%s, %s weights, attention %s)", method, str(dtype).split(".")[-1],
+                 attention_mode)
         return (MotionHandle(engine, None, attention_mode),)
 
 
@@ -118,8 +128,9 @@ def _next_free_name(folder, prefix: str) -> str:
 
 class SaveTunedWeights:
     DESCRIPTION = (
-        "Saves the tuned tensors (RC-Attn and temporal layers only, a few hundred MB for SD1.5) as safetensors in "
-        "ComfyUI/models/edit_your_motion, with the attention mode, stages and a fingerprint of the base model."
+        "Saves the tuned tensors (RC-Attn and temporal layers, about 0.4 GB for SD1.5, plus Motion Attention for eym_v2, "
+        "about 1 GB in all) as safetensors in ComfyUI/models/edit_your_motion, with the method, attention mode, stages and a "
+        "fingerprint of the base model."
     )
     CATEGORY = f"{CATEGORY}/model"
     FUNCTION = "run"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from ..motion_core.errors import InputError
 from ..motion_core.method.tuner import SHUFFLE_MODES, TuneConfig, tune_stage
 from . import comfy_bridge as bridge
 from .handle import (
@@ -39,8 +40,15 @@ def _common_inputs(steps_tooltip: str) -> dict:
 
 
 def _tune(stage: int, video_model, latent, conditioning, poses, cond_name: str, latent_name: str,
-          config: TuneConfig, permutation=None):
+          config: TuneConfig, permutation=None, method: str = "eym_v1"):
     handle = check_handle(video_model, "video_model")
+    built_for = handle.engine.model.method
+    if built_for != method:
+        other = "EYM STL Stage 1 / Stage 2" if built_for == "eym_v2" else "EYM Stage 1 / Stage 2 Tuning"
+        raise InputError(
+            f"video_model is built for {built_for} but this node tunes {method}; tune it with {other}, or set "
+            f"EYM Load Video Model's method to {method}"
+        )
     scale = handle.engine.latent_scale
     latents = latents_in(latent, scale, latent_name)
     emb = embedding(conditioning, cond_name)

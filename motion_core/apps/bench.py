@@ -11,6 +11,13 @@ projected (or, with ``--full``, measured) wall time of the whole job: ``stage1_s
   diffusers UNet training step of the same size).
 * GPU, SD1.5-shaped random weights, the paper's job (8 frames, 512x512, 300 + 300 + 50 + 50):
   ``python -m motion_core bench --size sd15 --frames 8 --resolution 512 --full``.
+
+``--method`` picks the first version (``eym_v1``: DPL stages, two-branch sampling), the later
+version (``eym_v2``: STL stages with Motion Attention, single-branch sampling) or ``both`` (the
+default). With the later version it also reports what Motion Attention costs (one UNet+ControlNet
+forward with and without it, on the same base weights: time, FLOPs, extra parameters) and the
+peak memory of one single-branch sampling step against one two-branch step on the same model
+(GPU only: on the CPU the process's RSS high-water mark cannot separate them).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..video_model.attention import kv_frame_indices
 from ..method.ddim import ddim_invert
 from ..method.sampler import SamplerConfig, two_branch_sample
+from ..method.single_branch import single_branch_sample
 from ..testing.tiny import build_motion_model, build_unet
 from ..method.tuner import TuneConfig, tune_stage
 
@@ -49,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (GPU)")
     p.add_argument("--ratios", action=argparse.BooleanOptionalAction, default=None,
                    help="also measure the CPU ratios (default: on for CPU runs)")
+    p.add_argument("--method", choices=("eym_v1", "eym_v2", "both"), default="both",
+                   help="first version, later version (Motion Attention + STL + one branch), or both")
     p.add_argument("--json", help="also write the results to this file")
 
 
@@ -86,13 +96,16 @@ def _flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def build(args) -> tuple:
+def build(args, method: str = "eym_v1") -> tuple:
     device = torch.device(args.device)
     precision = args.precision
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     with torch.device(device):  # initialise SD1.5-size random weights on the GPU directly
         model = build_motion_model(args.size, seed=0)
+        if method == "eym_v2":
+            model.add_motion_attention()
+            model.set_attention_mode("bidirectional")
     if precision != "fp32":
         model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
     model.compute_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -111,8 +124,10 @@ def build(args) -> tuple:
     return model, data, precision, device
 
 
-def measure(args) -> dict:
-    model, d, precision, device = build(args)
+def measure(args, method: str = "eym_v1") -> dict:
+    """Per-phase time, FLOPs and peak memory of one method (its stages are the model's: DPL for
+    eym_v1, STL for eym_v2; its sampler: two branches for eym_v1, one for eym_v2)."""
+    model, d, precision, device = build(args, method)
     n = args.frames
     ckpt = not args.no_checkpointing
     phases = {}
@@ -124,8 +139,11 @@ def measure(args) -> dict:
     def invert(steps):
         return lambda: ddim_invert(model, d["latents"], d["emb"], d["poses"], num_steps=steps)
 
-    def sample(steps):
-        return lambda: two_branch_sample(model, d["latents"], d["emb"], d["emb2"], d["poses"], d["ref"],
+    def sample(steps, z=None):
+        z = d["latents"] if z is None else z
+        if method == "eym_v2":
+            return lambda: single_branch_sample(model, z, d["emb2"], d["ref"], num_steps=steps)
+        return lambda: two_branch_sample(model, z, d["emb"], d["emb2"], d["poses"], d["ref"],
                                          SamplerConfig(num_steps=steps))
 
     plan = {"stage1_step": (tune, 1, args.stage1_steps), "stage2_step": (tune, 2, args.stage2_steps),
@@ -147,6 +165,7 @@ def measure(args) -> dict:
         phases[name] = entry
     projected = sum(p["seconds"] * p["job_steps"] for p in phases.values())
     result = {
+        "method": method,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "size": args.size, "frames": n, "resolution": args.resolution, "precision": precision,
         "gradient_checkpointing": ckpt, "phases": phases, "projected_job_seconds": projected,
@@ -160,12 +179,62 @@ def measure(args) -> dict:
             tune(1, args.stage1_steps)()
             tune(2, args.stage2_steps)()
             z = ddim_invert(model, d["latents"], d["emb"], d["poses"], num_steps=args.ddim_steps)
-            two_branch_sample(model, z, d["emb"], d["emb2"], d["poses"], d["ref"], SamplerConfig(num_steps=args.ddim_steps))
+            sample(args.ddim_steps, z)()
             _sync(device)
             entry["seconds"] = time.perf_counter() - t
         entry["tflops_per_s"] = result["job_tflop"] / entry["seconds"]
         result["full_job"] = entry
     return result
+
+
+# --------------------------------------------------------------------------- later version
+def later_version_costs(args) -> dict:
+    """What the later version adds and saves, on one set of base weights:
+
+    * ``motion_attention``: one UNet + ControlNet forward (``predict``) without and with Motion
+      Attention (time, TFLOP) and MA's parameter count against the UNet's;
+    * ``sampling_memory``: one sampling step of the single-branch sampler against one of the
+      two-branch sampler on the same eym_v2 model (peak GB on a GPU; None on the CPU), with
+      their TFLOP.
+    """
+    v1, d, precision, device = build(args, "eym_v1")
+    v2, _, _, _ = build(args, "eym_v2")
+    v1.set_attention_mode("bidirectional")  # same attention as v2: only Motion Attention differs
+    n = args.frames
+    out = {}
+    with torch.no_grad():
+        fwd = {name: (lambda m=m: m.predict(d["latents"], 500, d["emb"], n, poses=d["poses"])) for name, m in
+               (("without", v1), ("with", v2))}
+        entry = {}
+        for name, fn in fwd.items():
+            entry[f"{name}_seconds"] = _timed(fn, device, args.steps)
+            entry[f"{name}_tflop"] = _flops(fn) / 1e12
+        ma = sum(p.numel() for p in v2.motion_attention.parameters())
+        entry["ma_parameters"] = ma
+        entry["unet_parameters"] = sum(p.numel() for p in v1.unet.parameters())
+        entry["extra_time"] = entry["with_seconds"] / entry["without_seconds"] - 1
+        entry["extra_flop"] = entry["with_tflop"] / entry["without_tflop"] - 1
+        out["motion_attention"] = entry
+    del v1
+    mem = {}
+    runs = {"single_branch": lambda: single_branch_sample(v2, d["latents"], d["emb2"], d["ref"], num_steps=1),
+            "two_branch": lambda: two_branch_sample(v2, d["latents"], d["emb"], d["emb2"], d["poses"], d["ref"],
+                                                    SamplerConfig(num_steps=1))}
+    for name, fn in runs.items():
+        fn()  # warm-up
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            base = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            fn()
+            _sync(device)
+            peak = (torch.cuda.max_memory_allocated(device) - base) / 2**30
+        else:
+            peak = None
+        mem[name] = {"step_peak_gb_above_weights": peak, "tflop": _flops(fn) / 1e12}
+    out["sampling_memory"] = mem
+    return out
 
 
 # --------------------------------------------------------------------------- CPU ratios
@@ -257,9 +326,8 @@ def tuning_step_ratio(size: str = "tiny", frames: int = 8, resolution: int = 64,
             "ratio": t_inflated / t_plain, "inflated_with_controlnet_ms": t_with_cn * 1e3}
 
 
-def run(args) -> int:
-    res = measure(args)
-    print(f"Edit-Your-Motion benchmark on {res['device']}: {res['size']} model, {res['frames']} frames at "
+def _print_method(res: dict, args) -> None:
+    print(f"Edit-Your-Motion benchmark ({res['method']}) on {res['device']}: {res['size']} model, {res['frames']} frames at "
           f"{res['resolution']}x{res['resolution']}, {res['precision']}, gradient checkpointing "
           f"{'on' if res['gradient_checkpointing'] else 'off'}")
     peak = "peak GB" if args.device != "cpu" else "RSS GB"  # CPU: the process's memory high-water mark
@@ -271,6 +339,29 @@ def run(args) -> int:
     if "full_job" in res:
         f = res["full_job"]
         print(f"measured job:  {f['seconds']:.1f} s, peak {f['peak_gb']:.2f} GB, {f['tflops_per_s']:.2f} TFLOP/s")
+
+
+def run(args) -> int:
+    methods = ("eym_v1", "eym_v2") if args.method == "both" else (args.method,)
+    results = {m: measure(args, m) for m in methods}
+    res = dict(results[methods[0]])
+    res["methods"] = results
+    for m in methods:
+        _print_method(results[m], args)
+    if "eym_v2" in methods:
+        costs = later_version_costs(args)
+        ma, mem = costs["motion_attention"], costs["sampling_memory"]
+        print(f"Motion Attention: one forward {ma['without_seconds'] * 1e3:.1f} -> {ma['with_seconds'] * 1e3:.1f} ms "
+              f"({ma['extra_time']:+.0%}), {ma['without_tflop'] * 1e3:.4g} -> {ma['with_tflop'] * 1e3:.4g} GFLOP ({ma['extra_flop']:+.0%}), "
+              f"{ma['ma_parameters'] / 1e6:.2f}M parameters ({ma['ma_parameters'] / ma['unet_parameters']:.1%} of the UNet)")
+        one, two = mem["single_branch"], mem["two_branch"]
+        if one["step_peak_gb_above_weights"] is None:
+            print(f"sampling step: single branch {one['tflop'] * 1e3:.4g} GFLOP vs two branches {two['tflop'] * 1e3:.4g} GFLOP "
+                  "(peak memory is measured on a GPU only)")
+        else:
+            print(f"sampling step: single branch {one['step_peak_gb_above_weights']:.2f} GB / {one['tflop'] * 1e3:.4g} GFLOP vs "
+                  f"two branches {two['step_peak_gb_above_weights']:.2f} GB / {two['tflop'] * 1e3:.4g} GFLOP (peak above the weights)")
+        res["later_version"] = costs
     ratios = args.ratios if args.ratios is not None else args.device == "cpu"
     if ratios:
         a = attention_ratio()

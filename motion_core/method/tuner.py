@@ -6,6 +6,10 @@ RC-Attn projections (``attn1``: to_q, to_k, to_v, to_out) only; loss ``L_rec``.
 Stage 2 (temporal): ordered, unmasked frames, source prompt ``P_s``; trains the temporal attention
 layers only; loss ``(1 - lambda) * L_noise + lambda * L_rec``, lambda = 0.9.
 
+On an ``eym_v2`` model (the later version) the same function runs the stages of STL instead (see
+:mod:`motion_core.method.stl`): the model's :meth:`~MotionModel.stage_parameter_names` give the
+trained tensors, frames stay in order in both stages and the loss is ``L_rec`` alone (Eq. 16).
+
 Masking commutes with shuffling and VAE encoding works frame by frame, so stage 1 takes the
 *encoded masked* latents once and permutes latents and poses together at every step: the same as
 shuffling the frames, masks and skeletons and encoding them again, without a VAE in the loop.
@@ -141,14 +145,17 @@ def _training_mode(model: MotionModel, names: list[str], config: TuneConfig):
 
 def tune_stage(model: MotionModel, stage: int, latents: torch.Tensor, text_embeddings: torch.Tensor,
                poses: torch.Tensor | None, config: TuneConfig | None = None,
-               callback: StepCallback | None = None, permutation: torch.Tensor | None = None) -> StageResult:
-    """Run one DPL stage on ``model`` in place and return the losses and the trained tensors.
+               callback: StepCallback | None = None, permutation: torch.Tensor | None = None,
+               parameters: list[str] | None = None) -> StageResult:
+    """Run one stage of the model's method (DPL for eym_v1, STL for eym_v2) on ``model`` in place
+    and return the losses and the trained tensors.
 
     ``latents``: scaled VAE latents ``(n, 4, h, w)`` (stage 1: of the background-masked frames,
     in their original order); ``text_embeddings``: ``(1, tokens, dim)`` of ``P_c`` (stage 1) or
     ``P_s`` (stage 2); ``poses``: ControlNet hints ``(n, 3, 8h, 8w)`` of the source skeletons, or
     None to tune without ControlNet; ``permutation``: the fixed order for ``shuffle="fixed"``
-    (default: a seeded one).
+    (default: a seeded one); ``parameters``: UNet parameter names to train instead of the stage's
+    (e.g. every trainable tensor at once, for the later version's "without STL" ablation).
     """
     config = config or TuneConfig()
     config.validate()
@@ -170,13 +177,15 @@ def tune_stage(model: MotionModel, stage: int, latents: torch.Tensor, text_embed
             f"the prompt embedding has width {text_embeddings.shape[-1]} but the UNet expects "
             f"{model.unet.config.cross_attention_dim}; encode the prompt with the checkpoint's own CLIP"
         )
-    shuffle = config.shuffle if stage == 1 else "none"
+    shuffle = config.shuffle if stage == 1 and model.method == "eym_v1" else "none"  # STL keeps frames in order
     if shuffle == "fixed":
         permutation = permutation if permutation is not None else torch.randperm(n, generator=_step_generator(config.seed, -1))
         check_permutation(permutation, n)
 
     device = model.device
-    names = model.stage_parameter_names(stage)
+    names = list(parameters) if parameters is not None else model.stage_parameter_names(stage)
+    if not names or not set(names) <= set(model.trainable_parameter_names()):
+        raise InputError("parameters must name tensors the video model can tune (see trainable_parameter_names)")
     result = StageResult(stage, config.steps)
 
     with torch.inference_mode(False), torch.enable_grad():
@@ -192,7 +201,7 @@ def tune_stage(model: MotionModel, stage: int, latents: torch.Tensor, text_embed
         scheduler = DDPMScheduler.from_config(model.scheduler_config)
         result = _train(model, stage, names, latents, text_embeddings, poses, config, callback, shuffle,
                         permutation, plan, scheduler, result)
-    result.state = model.tuned_state((stage,))
+    result.state = model.tuned_state(names=names)
     return result
 
 
@@ -230,7 +239,7 @@ def _train(model, stage, names, latents, text_embeddings, poses, config, callbac
             pred = model.predict(zt, t, text_embeddings, n, poses=poses, pose_order=order,
                                  control_scale=config.control_scale, plan=plan)
             loss = reconstruction_loss(pred, noise)
-            if stage == 2:
+            if stage == 2 and model.method == "eym_v1":  # STL: L_rec alone (Eq. 16)
                 loss = (1 - config.lam) * noise_constraint_loss(pred) + config.lam * loss
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

@@ -20,6 +20,7 @@ from torch import nn
 from ..video_model.attention import (
     ATTENTION_MODES, UNET_PARTS, AttentionPlan, FrameAttention, FrameAttnProcessor, FrameContext, TemporalAttention,
 )
+from ..video_model.motion_attention import MA_KEY, adapt_residuals, attach_motion_attention, check_consumed
 from ..errors import InputError, ModelError
 
 #: Noise schedule of Stable Diffusion 1.5 (its ``scheduler_config.json``).
@@ -38,6 +39,12 @@ SD15_BLOCK_OUT_CHANNELS = (320, 640, 1280, 1280)
 SD15_CROSS_ATTENTION_DIM = 768
 
 TEMPORAL_KEY = "temporal_attention"
+
+#: The two methods: ``eym_v1`` (ACM MM 2024: DPL tuning, two-branch K/V-injected sampling) and
+#: ``eym_v2`` (the later version: Motion Attention, STL tuning, single-branch sampling).
+METHODS = ("eym_v1", "eym_v2")
+#: The attention mode each method tunes and samples with unless told otherwise.
+METHOD_ATTENTION = {"eym_v1": "rc", "eym_v2": "bidirectional"}
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -168,11 +175,14 @@ class MotionModel(nn.Module):
     """Inflated UNet + frozen ControlNet + the SD1.5 noise schedule.
 
     Build one with :meth:`from_unet`. ``attention_mode`` is one of ``rc`` (default),
-    ``bidirectional``, ``sparse_causal``, ``self``.
+    ``bidirectional``, ``sparse_causal``, ``self``. ``method`` (``eym_v1`` or ``eym_v2``) says which
+    tuning recipe :meth:`stage_parameter_names` follows; an ``eym_v2`` model normally carries Motion
+    Attention (:meth:`add_motion_attention`).
     """
 
     def __init__(self, unet: UNet2DConditionModel, controlnet: ControlNetModel | None, context: FrameContext,
-                 attention_mode: str = "rc", scheduler_config: dict | None = None, latent_scale: float = SD15_LATENT_SCALE):
+                 attention_mode: str = "rc", scheduler_config: dict | None = None, latent_scale: float = SD15_LATENT_SCALE,
+                 method: str = "eym_v1"):
         super().__init__()
         self.unet = unet
         self.controlnet = controlnet
@@ -180,6 +190,9 @@ class MotionModel(nn.Module):
         self.scheduler_config = dict(scheduler_config or SD15_SCHEDULER_CONFIG)
         self.latent_scale = float(latent_scale)
         self.attention_mode = attention_mode
+        if method not in METHODS:
+            raise InputError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+        self.method = method
         self.compute_dtype = torch.float32
         self._plans: dict = {}
         self._pose_cache = None
@@ -189,17 +202,42 @@ class MotionModel(nn.Module):
 
     @classmethod
     def from_unet(cls, unet: UNet2DConditionModel, controlnet: ControlNetModel | None = None,
-                  attention_mode: str = "rc", **kwargs) -> "MotionModel":
-        """Inflate ``unet`` in place and wrap it with ``controlnet``. All weights start frozen."""
+                  attention_mode: str | None = None, method: str = "eym_v1", motion_attention: bool | None = None,
+                  **kwargs) -> "MotionModel":
+        """Inflate ``unet`` in place and wrap it with ``controlnet``. All weights start frozen.
+
+        ``attention_mode`` defaults to the method's (``rc`` for eym_v1, ``bidirectional`` for
+        eym_v2); ``motion_attention`` (default: True for eym_v2) adds the Motion Attention adapter.
+        """
+        if method not in METHODS:
+            raise InputError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+        if motion_attention is None:
+            motion_attention = method == "eym_v2"
+        if motion_attention and method != "eym_v2":
+            raise InputError("Motion Attention belongs to the later version: use method='eym_v2'")
         validate_unet(unet)
         if controlnet is not None:
             validate_controlnet(controlnet, unet)
         context = FrameContext()
         inflate_unet(unet, context)
-        model = cls(unet, controlnet, context, attention_mode, **kwargs)
+        model = cls(unet, controlnet, context, attention_mode or METHOD_ATTENTION[method], method=method, **kwargs)
+        if motion_attention:
+            model.add_motion_attention()
         model.requires_grad_(False)
         model.eval()
         return model
+
+    def add_motion_attention(self) -> "MotionModel":
+        """Add a fresh (identity) Motion Attention adapter on every ControlNet residual and make this
+        an ``eym_v2`` model. See :mod:`motion_core.video_model.motion_attention`."""
+        attach_motion_attention(self.unet, self.context)
+        self.method = "eym_v2"
+        return self
+
+    @property
+    def motion_attention(self):
+        """The Motion Attention adapter, or None (first version, or the ``without MA`` ablation)."""
+        return getattr(self.unet, MA_KEY, None)
 
     # ----------------------------------------------------------------- configuration
     def set_attention_mode(self, mode: str) -> None:
@@ -229,23 +267,44 @@ class MotionModel(nn.Module):
 
     # ----------------------------------------------------------------- trainable parts
     def stage_parameter_names(self, stage: int) -> list[str]:
-        """UNet parameter names trained in ``stage`` 1 (RC-Attn: ``attn1`` projections) or 2 (temporal)."""
-        if stage == 1:
-            return [n for n, _ in self.unet.named_parameters() if ".attn1." in n and TEMPORAL_KEY not in n]
-        if stage == 2:
-            return [n for n, _ in self.unet.named_parameters() if f".{TEMPORAL_KEY}." in n]
-        raise InputError(f"stage must be 1 or 2; got {stage}")
+        """UNet parameter names trained in ``stage`` of the model's method.
 
-    def tuned_state(self, stages=(1, 2)) -> dict[str, torch.Tensor]:
-        """Copies of the tensors the given stages train (UNet-relative names, float32, CPU)."""
+        eym_v1 (DPL): 1 = RC-Attn (``attn1`` projections), 2 = temporal layers.
+        eym_v2 (STL): 1 = temporal layers + Motion Attention, 2 = ``attn1`` (RCA) + Motion Attention.
+        """
+        if stage not in (1, 2):
+            raise InputError(f"stage must be 1 or 2; got {stage}")
+        parts = self.part_parameter_names()
+        if self.method == "eym_v2":
+            return parts["temporal"] + parts[MA_KEY] if stage == 1 else parts["attn1"] + parts[MA_KEY]
+        return parts["attn1"] if stage == 1 else parts["temporal"]
+
+    def part_parameter_names(self) -> dict[str, list[str]]:
+        """UNet parameter names of the trainable parts: ``attn1`` (spatial self-attention
+        projections), ``temporal`` (temporal layers), ``motion_attention`` (empty without MA)."""
+        names = [n for n, _ in self.unet.named_parameters()]
+        return {
+            "attn1": [n for n in names if ".attn1." in n and TEMPORAL_KEY not in n],
+            "temporal": [n for n in names if f".{TEMPORAL_KEY}." in n],
+            MA_KEY: [n for n in names if n.startswith(MA_KEY + ".")],
+        }
+
+    def trainable_parameter_names(self) -> list[str]:
+        """Every tensor either stage of the model's method trains."""
+        return list(dict.fromkeys(self.stage_parameter_names(1) + self.stage_parameter_names(2)))
+
+    def tuned_state(self, stages=(1, 2), names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Copies of the tensors the given stages train, or of ``names`` (UNet-relative names,
+        float32, CPU)."""
         params = dict(self.unet.named_parameters())
-        names = [n for s in stages for n in self.stage_parameter_names(s)]
+        if names is None:
+            names = [n for s in stages for n in self.stage_parameter_names(s)]
         return {n: params[n].detach().float().cpu().clone() for n in names}
 
     def load_tuned_state(self, state: dict[str, torch.Tensor]) -> None:
         """Write ``state`` (from :meth:`tuned_state`) into the UNet, keeping each parameter's dtype."""
         params = dict(self.unet.named_parameters())
-        allowed = set(self.stage_parameter_names(1)) | set(self.stage_parameter_names(2))
+        allowed = set(self.trainable_parameter_names())
         unknown = [n for n in state if n not in allowed]
         if unknown:
             raise ModelError(f"tuned weights hold tensors this model does not train, e.g. {unknown[0]}")
@@ -355,8 +414,14 @@ class MotionModel(nn.Module):
                 if (poses.shape[0] if pose_order is None else pose_order.shape[0]) != b:
                     raise InputError(f"poses has {poses.shape[0]} frames; the latents have {b}")
                 down, mid = self.controlnet_residuals(latents, timesteps, text_embeddings, poses, control_scale, pose_order)
+            wrapped = None
+            if down is not None and self.motion_attention is not None:
+                down, mid, wrapped = adapt_residuals(self.motion_attention, down, mid, use_checkpoint=(
+                    torch.is_grad_enabled() and self.unet.is_gradient_checkpointing))
             out = self.unet(
                 latents, timesteps, encoder_hidden_states=text_embeddings,
                 down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
             )[0]
+            if wrapped is not None:
+                check_consumed(wrapped)
         return out

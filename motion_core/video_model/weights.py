@@ -1,7 +1,9 @@
 """Tuned weights on disk: only the trained tensors, as safetensors with metadata, written atomically.
 
-The metadata records the attention mode, the stages run with their step counts, and a fingerprint
-of the base UNet, so that loading onto another base model is refused with a clear message.
+The metadata records the method (``eym_v1`` or ``eym_v2``; files from before the later version
+existed hold no method and are ``eym_v1``), the attention mode, the stages run with their step
+counts, and a fingerprint of the base UNet, so that loading onto another base model, or onto a
+video model built for the other method, is refused with a clear message.
 
 The fingerprint survives the base model being held in fp32, fp16 or bf16: for a few frozen tensors
 it stores their RMS and four seeded random projections of (a prefix of) their values, normalised by
@@ -23,6 +25,7 @@ from safetensors.torch import save_file
 
 from ..errors import InputError, ModelError
 from ..video_model.model import MotionModel
+from ..video_model.motion_attention import MA_KEY
 
 FORMAT = "edit-your-motion/tuned-weights/1"
 FINGERPRINT_TENSORS = 8
@@ -37,7 +40,7 @@ def _seed_for(name: str) -> int:
 
 def fingerprint(model: MotionModel) -> dict[str, list[float]]:
     """A dtype-independent summary of the frozen base UNet weights."""
-    trained = set(model.stage_parameter_names(1)) | set(model.stage_parameter_names(2))
+    trained = set(model.trainable_parameter_names())
     params = dict(model.unet.named_parameters())
     names = sorted(n for n, p in params.items() if n not in trained and p.ndim >= 2)
     if not names:
@@ -80,6 +83,7 @@ def save_tuned_weights(path: str | os.PathLike, model: MotionModel, state: dict[
         raise InputError("there are no tuned tensors to save; run stage 1 and/or stage 2 first")
     meta = {
         "format": FORMAT,
+        "method": model.method,
         "attention_mode": model.attention_mode,
         "stages": json.dumps({str(k): int(v) for k, v in sorted(steps.items())}),
         "base_fingerprint": json.dumps(fingerprint(model)),
@@ -119,6 +123,7 @@ def read_tuned_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor]
     parsed = dict(meta)
     parsed["stages"] = {int(k): v for k, v in json.loads(meta["stages"]).items()}
     parsed["base_fingerprint"] = json.loads(meta["base_fingerprint"])
+    parsed.setdefault("method", "eym_v1")
     return tensors, parsed
 
 
@@ -126,6 +131,12 @@ def verify_tuned_weights(tensors: dict[str, torch.Tensor], meta: dict, model: Mo
                          check_base: bool = True) -> None:
     """Raise ModelError unless the tensors fit ``model`` and (with ``check_base``) were tuned on its
     base weights."""
+    method = meta.get("method", "eym_v1")
+    if method != model.method:
+        raise ModelError(
+            f"{name} was tuned with method {method} but the video model is built for {model.method}; load the video "
+            f"model with method {method} (EYM Load Video Model's 'method'), or tune again"
+        )
     if check_base:
         d = fingerprint_distance(meta["base_fingerprint"], fingerprint(model))
         if d > FINGERPRINT_TOLERANCE:
@@ -133,7 +144,14 @@ def verify_tuned_weights(tensors: dict[str, torch.Tensor], meta: dict, model: Mo
                 f"{name} was tuned on a different base checkpoint (fingerprint distance {d:.3g}); load the checkpoint "
                 "it was tuned with, or tune again on this one (or skip the base-model check at your own risk)"
             )
-    allowed = set(model.stage_parameter_names(1)) | set(model.stage_parameter_names(2))
+    has_ma = [k for k in tensors if k.startswith(MA_KEY + ".")]
+    if has_ma and model.motion_attention is None:
+        raise ModelError(f"{name} holds Motion Attention weights but the video model has no Motion Attention; "
+                         "load the video model with method eym_v2")
+    if not has_ma and model.motion_attention is not None and method == "eym_v2":
+        raise ModelError(f"{name} was tuned without Motion Attention (an ablation) but the video model has it; "
+                         "build the video model with motion_attention=False to use these weights")
+    allowed = set(model.trainable_parameter_names())
     params = dict(model.unet.named_parameters())
     bad = [k for k, v in tensors.items() if k not in allowed or tuple(params[k].shape) != tuple(v.shape)]
     if bad:
