@@ -44,14 +44,15 @@ class WorldModels:
     text: WorldTextEncoder
     meta: dict
 
-    def motion_model(self, attention_mode: str = "rc") -> MotionModel:
-        """A fresh inflated video model over copies of the base weights (tuning never touches these)."""
+    def motion_model(self, attention_mode: str = "rc", **kwargs) -> MotionModel:
+        """A fresh inflated video model over copies of the base weights (tuning never touches these);
+        ``kwargs`` go to :meth:`MotionModel.from_unet` (e.g. ``method="eym_v2"``)."""
         unet = UNet2DConditionModel.from_config(self.unet.config)
         unet.load_state_dict(self.unet.state_dict())
         cn = ControlNetModel.from_config(self.controlnet.config)
         cn.load_state_dict(self.controlnet.state_dict())
         return MotionModel.from_unet(unet.eval(), cn.eval(), attention_mode=attention_mode,
-                                     scheduler_config=SCHEDULER_CONFIG, latent_scale=LATENT_SCALE)
+                                     scheduler_config=SCHEDULER_CONFIG, latent_scale=LATENT_SCALE, **kwargs)
 
 
 def build(seed: int = 0) -> WorldModels:

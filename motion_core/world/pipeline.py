@@ -101,15 +101,9 @@ def _tune(model, inputs: CaseInputs, settings: Settings, stage: int, *, masked: 
     cfg = TuneConfig(steps=settings.stage_steps, learning_rate=settings.learning_rate, seed=settings.seed,
                      gradient_checkpointing=False, lam=lam, shuffle=shuffle)
     latents = inputs.masked_latents if masked else inputs.latents
-    if names is not None:  # a custom trainable set (Tune-A-Video trains attn1 and temporal together)
-        original = model.stage_parameter_names
-        model.stage_parameter_names = lambda s: list(names)
-    try:
-        tune_stage(model, stage, latents, prompt, inputs.source_hints, cfg,
-                   callback=None if progress is None else (lambda k, total, loss: progress()))
-    finally:
-        if names is not None:
-            model.stage_parameter_names = original
+    # ``names``: a custom trainable set (Tune-A-Video trains attn1 and temporal together)
+    tune_stage(model, stage, latents, prompt, inputs.source_hints, cfg,
+               callback=None if progress is None else (lambda k, total, loss: progress()), parameters=names)
 
 
 def _tuned(models: WorldModels, inputs: CaseInputs, settings: Settings, key: str, mode: str,
@@ -161,6 +155,27 @@ def run_eym_v1(models, inputs, settings, progress=None, mode="rc", **sample):
     return _two_branch(model, inputs, settings, **sample)
 
 
+def run_eym_v2(models, inputs, settings, progress=None, variant="eym_v2"):
+    """The later version (STL tuning, then inversion and ONE branch with P_t and the aligned reference
+    skeletons, no K/V injection) or one of its Table IV ablations, as ``method.eym_v2`` defines them."""
+    from ..method.eym_v2 import get_variant, tune_v2
+    from ..method.single_branch import single_branch_sample
+
+    v = get_variant(variant)
+    model = models.motion_model(v.attention_mode, method="eym_v2", motion_attention=v.motion_attention)
+    key = f"v2_{variant}"
+    if key in inputs.cache:
+        model.load_tuned_state(inputs.cache[key])
+    else:
+        cfg = TuneConfig(learning_rate=settings.learning_rate, seed=settings.seed, gradient_checkpointing=False)
+        tune_v2(model, inputs.latents, inputs.masked_latents, inputs.source_hints, inputs.p_s, variant, cfg,
+                stage_steps=(settings.stage_steps, settings.stage_steps),
+                callback=None if progress is None else (lambda k, total, loss: progress()))
+        inputs.cache[key] = model.tuned_state()
+    z_t = ddim_invert(model, inputs.latents, inputs.p_s, inputs.source_hints, num_steps=settings.ddim_steps)
+    return single_branch_sample(model, z_t, inputs.p_t, inputs.reference_hints, num_steps=settings.ddim_steps)
+
+
 def _method_table() -> dict[str, tuple[int, Callable]]:
     """name -> (tuning stage-runs it may need, runner(models, inputs, settings, progress) -> edited latents)."""
 
@@ -191,7 +206,7 @@ def _method_table() -> dict[str, tuple[int, Callable]]:
 
     def tune_a_video(m, i, s, p):
         def recipe(model, progress):
-            names = [n for st in (1, 2) for n in type(model).stage_parameter_names(model, st)]
+            names = model.trainable_parameter_names()
             _tune(model, i, s, 1, masked=False, prompt=i.p_s, shuffle="none", names=names, progress=progress)
         model = _tuned(m, i, s, "tav", "sparse_causal", recipe, p)
         return _single_branch(model, i, s)
@@ -210,6 +225,10 @@ def _method_table() -> dict[str, tuple[int, Callable]]:
         "eym_v1_self": (2, v1(mode="self")),
         "eym_v1_sparse_causal": (2, v1(mode="sparse_causal")),
         "eym_v1_bidirectional": (2, v1(mode="bidirectional")),
+        "eym_v2": (2, lambda m, i, s, p: run_eym_v2(m, i, s, p)),
+        "eym_v2_without_rca": (2, lambda m, i, s, p: run_eym_v2(m, i, s, p, "eym_v2_without_rca")),
+        "eym_v2_without_ma": (2, lambda m, i, s, p: run_eym_v2(m, i, s, p, "eym_v2_without_ma")),
+        "eym_v2_without_stl": (2, lambda m, i, s, p: run_eym_v2(m, i, s, p, "eym_v2_without_stl")),
     }
 
 
