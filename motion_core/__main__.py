@@ -3,7 +3,8 @@
 * ``edit``: the pack's main job. With ``--comfyui DIR`` (or ``EYM_COMFYUI_DIR``) pointing at a
   ComfyUI install whose model folders hold the SD1.5 checkpoint, the openpose ControlNet and the
   OpenPose body model, it runs the shipped workflow headless on your videos. Without them it runs
-  the self-check (the whole chain on built-in tiny models) and says so.
+  the self-check (the whole chain on built-in tiny models) and says so. Given real-edit options
+  (``--comfyui``, ``--source``, ...) that cannot run, it lists what is missing and exits with 2.
 * ``selfcheck``: the self-check only.
 * ``bench``: per-phase speed, memory and TFLOP/s (see ``motion_core/apps/bench.py``).
 * ``quality``: the method, its ablations and baselines scored against ground truth in the small world
@@ -28,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
 
     check = sub.add_parser("selfcheck", help="run the whole chain on built-in tiny models")
     check.add_argument("--output", default="selfcheck_output", help="folder for the frames, video and report")
-    check.add_argument("--frames", type=int, default=8)
-    check.add_argument("--size", type=int, default=64, help="frame size in pixels (divisible by 8)")
+    check.add_argument("--frames", type=int, default=8, help="frames of the synthetic clip (2 to 64)")
+    check.add_argument("--size", type=int, default=64, help="frame size in pixels (a multiple of 8, 32 to 512)")
 
     bench = sub.add_parser("bench", help="speed and memory benchmark")
     from .apps.bench import add_arguments as add_bench_arguments
@@ -42,6 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     add_quality_arguments(quality)
 
     args = parser.parse_args(argv)
+    from .errors import InputError
+
+    try:
+        return _run(parser, args, argv)
+    except InputError as exc:  # bad settings: the message, not a traceback
+        print(f"python -m motion_core {args.command or 'edit'}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(parser, args, argv) -> int:
     command = args.command or "edit"
     if command == "edit":
         if args.command is None:

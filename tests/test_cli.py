@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
+import av
 import cv2
+import numpy as np
 import pytest
+from PIL import Image
 
+from edit_your_motion.motion_core.__main__ import main
 from edit_your_motion.motion_core.apps import edit as headless
 from edit_your_motion.motion_core.apps.selfcheck import BANNER, run_selfcheck
 
@@ -30,18 +34,57 @@ def test_selfcheck_writes_video_frames_and_report(tmp_path):
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["checks"] == report["checks"] and saved["self_check"] is True
     assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [f"frame_{i:03d}.png" for i in range(3)]
-    cap = cv2.VideoCapture(str(tmp_path / "selfcheck.mp4"))
-    count = 0
-    while cap.read()[0]:
-        count += 1
-    assert count == 3 and cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 4 * 32
+    assert saved["passed"] is True and saved["passed"] == all(saved["checks"].values())
+    with av.open(str(tmp_path / "selfcheck.mp4")) as container:  # browser-playable H.264
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    assert len(frames) == 3 and frames[0].shape == (32, 4 * 32, 3)
+    png = cv2.cvtColor(cv2.imread(str(tmp_path / "frames" / "frame_000.png")), cv2.COLOR_BGR2RGB)
+    assert np.abs(frames[0].astype(int) - png.astype(int)).mean() < 8  # the video shows the frames
+    with Image.open(tmp_path / "selfcheck.webp") as im:
+        assert im.is_animated and im.n_frames == 3 and im.size == (4 * 32, 32)
     assert not list(tmp_path.glob(".*tmp*"))
 
 
-def test_edit_falls_back_to_the_selfcheck_and_says_why(tmp_path, monkeypatch):
+@pytest.mark.parametrize("flags,message", [(["--size", "60"], "size must be a multiple of 8"),
+                                           (["--frames", "0"], "frames must be from 2")])
+def test_selfcheck_bad_settings_fail_cleanly_before_writing(tmp_path, capsys, flags, message):
+    out = tmp_path / "out"
+    assert main(["selfcheck", "--output", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_edit_with_explicit_real_edit_options_fails_listing_what_is_missing(tmp_path, monkeypatch, capsys):
+    """Asked for a real edit that cannot run: exit 2 with the list, never the self-check."""
+    fallbacks = []
+    monkeypatch.setattr(headless, "run_fallback", lambda args, log=print: fallbacks.append(args) or 0)
+    monkeypatch.delenv("EYM_COMFYUI_DIR", raising=False)
+    assert main(["edit", "--comfyui", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
+    out = capsys.readouterr().out
+    assert "Cannot run the edit asked for (--comfyui)" in out and "no ComfyUI folder" in out
+    # a mistyped --reference with a ComfyUI from the environment: the typo is named
+    comfy = tmp_path / "ComfyUI"
+    (comfy / "custom_nodes").mkdir(parents=True)
+    (comfy / "main.py").write_text("")
+    monkeypatch.setenv("EYM_COMFYUI_DIR", str(comfy))
+    assert main(["edit", "--reference", str(tmp_path / "typo.mp4"), "--output", str(tmp_path / "o")]) == 2
+    assert "typo.mp4 does not exist" in capsys.readouterr().out
+    assert fallbacks == [] and not (tmp_path / "o").exists()
+    # the bare command keeps its fallback, through run_fallback
+    monkeypatch.delenv("EYM_COMFYUI_DIR")
+    assert main(["edit", "--output", str(tmp_path / "o")]) == 0 and len(fallbacks) == 1
+    assert main(["edit", "--size", "60"]) == 2 and "--size 60 must be a positive multiple of 8" in capsys.readouterr().out
+
+
+def test_edit_falls_back_to_the_world_edit_and_says_why(tmp_path, monkeypatch):
+    """Dispatch only: the world edit itself is tested in tests/test_world_quality.py."""
     calls, lines = [], []
-    monkeypatch.setattr("edit_your_motion.motion_core.apps.selfcheck.run_selfcheck",
+    monkeypatch.setattr("edit_your_motion.motion_core.apps.world_edit.run_world_edit",
                         lambda output, log=print: calls.append(output) or {"passed": True})
+    monkeypatch.delenv("EYM_COMFYUI_DIR", raising=False)
     assert headless.run_edit(_args(output=str(tmp_path)), log=lines.append) == 0
     assert calls == [str(tmp_path)]
     assert any("no ComfyUI folder" in line for line in lines)

@@ -145,12 +145,39 @@ def test_detect_keypoints_random_weights_shapes_and_require_people(random_net):
     OP.require_people(np.array([True, True]), "source video")  # no error
 
 
+def test_detect_keypoints_resizes_like_controlnet_aux_and_maps_back_to_input_pixels():
+    """A 48x64 uint8 frame is detected at 512 on the short side (sides rounded to multiples of 64:
+    512x704), in BGR as controlnet_aux's OpenposeDetector feeds its Body; the keypoints found there
+    come back in pixels of the input frame (x * 64/704, y * 48/512)."""
+    body_mod, _, _ = OP._import_open_pose()
+    seen = []
+
+    class KnownBody(body_mod.Body):
+        def __init__(self):  # no weights: answers with a known person
+            pass
+
+        def __call__(self, bgr):
+            seen.append(bgr.copy())
+            candidate = np.array([[352.0, 256.0, 0.9, 0], [352.0, 128.0, 0.8, 1], [176.0, 384.0, 0.7, 2]])
+            subset = -np.ones((1, 20))
+            subset[0, [0, 1, 8]] = [0, 1, 2]
+            subset[0, 18:] = [2.4, 3]
+            return candidate, subset
+
+    images = np.zeros((1, 48, 64, 3), np.uint8)
+    images[..., 0] = 255  # pure red
+    kp, found = OP.detect_keypoints(images, KnownBody())
+    assert found.tolist() == [True] and kp.shape == (1, 18, 3)
+    assert seen[0].shape == (512, 704, 3)
+    assert (seen[0][..., 2] == 255).all() and (seen[0][..., :2] == 0).all()  # red arrives as BGR
+    expected = np.zeros((18, 3), np.float32)
+    expected[0], expected[1], expected[8] = (32, 24, 0.9), (32, 12, 0.8), (16, 36, 0.7)
+    np.testing.assert_allclose(kp[0], expected, atol=1e-4)
+
+
 def test_detect_keypoints_uint8_numpy_default_resolution(random_net):
     images = (np.random.default_rng(0).random((1, 48, 64, 3)) * 255).astype(np.uint8)
-    kp, found = OP.detect_keypoints(images, random_net)  # resized to 512 short side internally
-    assert kp.shape == (1, 18, 3) and found.shape == (1,)
-    if found[0]:  # random weights rarely group a person; coordinates must be in input pixels
-        pres = kp[0, :, 2] > 0
-        assert (kp[0, pres, 0] <= 64).all() and (kp[0, pres, 1] <= 48).all()
+    kp, found = OP.detect_keypoints(images, random_net)  # the real network runs at 512x704
+    assert kp.shape == (1, 18, 3) and kp.dtype == np.float32 and found.shape == (1,)
     with pytest.raises(InputError, match="RGB"):
         OP.detect_keypoints(np.zeros((1, 8, 8, 4), np.uint8), random_net)

@@ -5,7 +5,9 @@ folders, it copies your two videos into ComfyUI's input folder, fills the shippe
 (``workflows/api/edit_your_motion_api.json``) with your prompts and settings, runs it on a headless
 ComfyUI started on 127.0.0.1, and prints where the edited video was saved.
 
-Without that (a fresh machine) it says what is missing and runs the self-check instead.
+Without that (a fresh machine), the bare command says what is missing and runs its fallback (a real
+edit in the pack's small world, :func:`run_fallback`). When real-edit options were given (``--comfyui``, ``--source``,
+prompts, model files...), a missing piece is an error instead: it lists them and exits with 2.
 Nothing here imports ComfyUI: it talks to the server over HTTP.
 """
 
@@ -53,7 +55,7 @@ def _guess_comfyui() -> str | None:
 
 def add_edit_arguments(p) -> None:
     g = p.add_argument_group("ComfyUI")
-    g.add_argument("--comfyui", default=os.environ.get("EYM_COMFYUI_DIR") or _guess_comfyui(),
+    g.add_argument("--comfyui", default=None,
                    help="ComfyUI folder (default: $EYM_COMFYUI_DIR, or the ComfyUI this pack is installed in)")
     g.add_argument("--python", default=os.environ.get("EYM_COMFYUI_PYTHON", sys.executable), help="ComfyUI's Python")
     g.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU (very slow at 512x512)")
@@ -77,7 +79,7 @@ def add_edit_arguments(p) -> None:
     s.add_argument("--stage2-steps", type=int, default=300)
     s.add_argument("--ddim-steps", type=int, default=50)
     s.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", default="selfcheck_output", help="where the self-check writes (when it runs)")
+    p.add_argument("--output", default="edit_output", help="where the fallback edit in the small world writes (when it runs)")
     p.add_argument("--self-check", action="store_true", help="run the self-check even if ComfyUI and weights are present")
 
 
@@ -310,15 +312,63 @@ def run_real(args, graph: dict, log=print) -> int:
     return 0 if saved else 1
 
 
+#: Options that ask for a real edit: given on the command line, a missing piece is an error, not a
+#: reason to fall back.
+REAL_EDIT_OPTIONS = ("comfyui", "source", "reference", "content_prompt", "source_prompt", "target_prompt",
+                     "checkpoint", "controlnet")
+
+
+def explicit_real_edit(args) -> list[str]:
+    """The real-edit options given on the command line (``--comfyui`` ... ``--controlnet``)."""
+    return [f"--{name.replace('_', '-')}" for name in REAL_EDIT_OPTIONS if getattr(args, name, None) is not None]
+
+
+def run_fallback(args, log=print) -> int:
+    """What the bare ``edit`` command does when no real edit can run: a real edit in the pack's
+    small world with its trained base model (``apps/world_edit.py``), which says plainly that it is
+    the toy world, not SD1.5. Exit 0 when the edit beats the ControlNet-only baseline against the
+    ground truth, 1 otherwise."""
+    from ..apps.world_edit import run_world_edit
+
+    return 0 if run_world_edit(args.output, log=log)["passed"] else 1
+
+
+def invalid_settings(args) -> list[str]:
+    """Settings no edit can use (checked before anything runs)."""
+    bad = []
+    if args.size < 8 or args.size % 8:
+        bad.append(f"--size {args.size} must be a positive multiple of 8, e.g. {max(8, args.size // 8 * 8)}")
+    if args.frames < 1:
+        bad.append(f"--frames {args.frames} must be >= 1")
+    for flag in ("stage1_steps", "stage2_steps", "ddim_steps"):
+        if getattr(args, flag) < 1:
+            bad.append(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be >= 1")
+    return bad
+
+
 def run_edit(args, log=print) -> int:
-    graph = load_workflow()
-    reasons = [] if args.self_check else missing_for_real_run(args, graph)
-    if args.self_check or reasons:
-        if reasons:
-            log("A real edit needs ComfyUI with this pack and the SD1.5 model files; here:")
-            for r in reasons:
-                log(f"  - {r}")
+    bad = invalid_settings(args)
+    if bad:
+        for b in bad:
+            log(f"error: {b}")
+        return 2
+    if args.self_check:
         from ..apps.selfcheck import run_selfcheck
 
         return 0 if run_selfcheck(args.output, log=log)["passed"] else 1
-    return run_real(args, graph, log=log)
+    graph = load_workflow()
+    asked = explicit_real_edit(args)
+    if args.comfyui is None:
+        args.comfyui = os.environ.get("EYM_COMFYUI_DIR") or _guess_comfyui()
+    reasons = missing_for_real_run(args, graph)
+    if not reasons:
+        return run_real(args, graph, log=log)
+    if asked:  # the user asked for a real edit: say what is missing and fail
+        log(f"Cannot run the edit asked for ({' '.join(asked)}); missing:")
+        for r in reasons:
+            log(f"  - {r}")
+        return 2
+    log("A real edit needs ComfyUI with this pack and the SD1.5 model files; here:")
+    for r in reasons:
+        log(f"  - {r}")
+    return run_fallback(args, log=log)

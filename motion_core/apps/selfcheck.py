@@ -2,7 +2,7 @@
 
 It runs what a real edit runs (skeleton alignment, person masks, background masking, stage 1 with
 per-step shuffling, stage 2 with the noise constraint loss, tuned-weight save/load, DDIM inversion,
-two-branch sampling with K/V injection) and writes the frames and a video. The models are tiny and
+two-branch sampling with K/V injection) and writes the frames, an H.264 video and an animated WebP. The models are tiny and
 random and the "VAE" is a colour pooling stand-in, so the pictures show that the pipeline works,
 not what an edit looks like.
 """
@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 import torch
 
+from ..apps.media import write_animation, write_video
+from ..errors import InputError
 from ..method.ddim import ddim_invert
 from ..method.frames import apply_background_mask, poses_to_condition
 from ..pose import align_skeletons, person_masks_from_keypoints, render_pose_images
@@ -37,20 +39,20 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
     return (images.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
 
 
-def write_video(path: Path, frames: np.ndarray, fps: float = 8.0) -> Path:
-    """Write RGB uint8 frames ``(n, H, W, 3)`` as an mp4 (written to a temporary name, then renamed)."""
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    h, w = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write {path.suffix} video here")
-    try:
-        for frame in frames:
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
-    os.replace(tmp, path)
-    return path
+SIZE_RANGE = (32, 512)
+FRAME_RANGE = (2, 64)
+
+
+def check_selfcheck_settings(frames: int, size: int, stage_steps: int, ddim_steps: int) -> None:
+    """Refuse settings the self-check cannot run, before anything is written."""
+    lo, hi = SIZE_RANGE
+    if not lo <= size <= hi or size % 8:
+        near = min(max(lo, size // 8 * 8), hi)
+        raise InputError(f"size must be a multiple of 8 from {lo} to {hi} pixels; got {size} (try {near})")
+    if not FRAME_RANGE[0] <= frames <= FRAME_RANGE[1]:
+        raise InputError(f"frames must be from {FRAME_RANGE[0]} to {FRAME_RANGE[1]}; got {frames}")
+    if stage_steps < 1 or ddim_steps < 1:
+        raise InputError(f"stage and DDIM steps must be >= 1; got {stage_steps} and {ddim_steps}")
 
 
 def _smooth(model):
@@ -65,7 +67,10 @@ def _smooth(model):
 
 def run_selfcheck(output: str | os.PathLike = "selfcheck_output", frames: int = 8, size: int = 64,
                   stage_steps: int = 30, ddim_steps: int = 20, seed: int = 0, log=print) -> dict:
-    """Run the chain and write ``output/selfcheck.mp4``, ``output/frames/*.png``, ``output/report.json``."""
+    """Run the chain and write ``output/selfcheck.mp4`` (H.264), ``output/selfcheck.webp`` (animated),
+    ``output/frames/*.png`` and ``output/report.json`` (with an overall ``passed``). Bad settings
+    raise InputError before anything is written."""
+    check_selfcheck_settings(frames, size, stage_steps, ddim_steps)
     out = Path(output)
     (out / "frames").mkdir(parents=True, exist_ok=True)
     log(BANNER)
@@ -116,6 +121,7 @@ def run_selfcheck(output: str | os.PathLike = "selfcheck_output", frames: int = 
     for i, row in enumerate(rows):
         cv2.imwrite(str(out / "frames" / f"frame_{i:03d}.png"), cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
     video = write_video(out / "selfcheck.mp4", rows)
+    animation = write_animation(out / "selfcheck.webp", rows)
 
     checks = {
         "outputs finite": finite,
@@ -130,14 +136,16 @@ def run_selfcheck(output: str | os.PathLike = "selfcheck_output", frames: int = 
         "stage1_loss": [r1.losses[0], r1.losses[-1]], "stage2_loss": [r2.losses[0], r2.losses[-1]],
         "identity_max_abs_diff": identity_err, "reconstruction_rms_error": recon_err,
         "edit_rms_change": edit_change, "checks": checks, "seconds": round(time.perf_counter() - t0, 1),
-        "video": str(video), "columns": ["source", "aligned reference pose", "reconstruction", "edited"],
+        "video": str(video), "animation": str(animation),
+        "columns": ["source", "aligned reference pose", "reconstruction", "edited"],
+        "passed": all(checks.values()),
     }
     tmp = out / ".report.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, out / "report.json")
     for name, ok in checks.items():
         log(f"  [{'PASS' if ok else 'FAIL'}] {name}")
-    log(f"wrote {video} (columns: source | aligned reference pose | reconstruction | edited) and {out / 'frames'}")
-    log(f"self-check {'passed' if all(checks.values()) else 'FAILED'} in {report['seconds']} s")
-    report["passed"] = all(checks.values())
+    log(f"wrote {video} and {animation} (columns: source | aligned reference pose | reconstruction | edited) "
+        f"and {out / 'frames'}")
+    log(f"self-check {'passed' if report['passed'] else 'FAILED'} in {report['seconds']} s")
     return report
