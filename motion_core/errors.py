@@ -6,6 +6,8 @@ message is all the user sees.
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 
 
@@ -74,3 +76,30 @@ def check_masks(name: str, masks: torch.Tensor) -> None:
             f"{name} is empty (no person pixels) in frame(s) {empty}. Check the segmentation for those "
             "frames, trim them from the clip, or build the mask from keypoints instead."
         )
+
+
+def check_finite(name: str, value: torch.Tensor | None,
+                 fix: str = "check the node or file that made it (a broken frame, a failed VAE Encode, a corrupt pose image)") -> None:
+    """A tensor given to the engine must hold no NaN or infinity: one would spread through the model
+    and turn every result into NaN. The error names the input and, for frame batches, the frames."""
+    if value is None or not torch.is_tensor(value) or not value.is_floating_point():
+        return
+    bad = ~torch.isfinite(value)
+    if not bool(bad.any()):
+        return
+    where = ""
+    if value.ndim == 4:
+        frames = bad.flatten(1).any(1).nonzero().flatten().tolist()
+        where = f" in frame(s) {frames}"
+    raise InputError(f"{name} contains NaN or infinite values ({int(bad.sum())} of {value.numel()}{where}); {fix}")
+
+
+def nonfinite_tensors(named: Iterable[tuple[str, torch.Tensor]], limit: int = 3) -> list[str]:
+    """Names of (up to ``limit``) tensors that hold NaN or infinity (for error messages)."""
+    out = []
+    for name, t in named:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            out.append(name)
+            if len(out) >= limit:
+                break
+    return out

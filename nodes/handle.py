@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..motion_core.errors import InputError, check_frame_counts
+from ..motion_core.errors import InputError, check_finite, check_frame_counts
 from ..motion_core.method.frames import poses_to_condition
 from ..motion_core.video_model.model import MotionModel
 from . import comfy_bridge as bridge
@@ -121,6 +121,7 @@ def embedding(conditioning, name: str) -> torch.Tensor:
         raise InputError(f"{name} must be a CONDITIONING from CLIP Text Encode")
     if len(conditioning) > 1:
         log.warning("%s has %d entries; only the first is used", name, len(conditioning))
+    check_finite(name, cond[:1], "check the CLIP Text Encode (and the CLIP model) that made it")
     return cond[:1].float()
 
 
@@ -133,6 +134,7 @@ def latents_in(latent, scale: float, name: str) -> torch.Tensor:
         raise InputError(f"{name} must be a batch of image latents (frames, 4, h, w); got {tuple(samples.shape)}")
     if samples.shape[1] != 4:
         raise InputError(f"{name} has {samples.shape[1]} channels; encode the frames with an SD1.5 VAE")
+    check_finite(name, samples, "check the frames and the VAE Encode that made it")
     return samples.float() * scale
 
 
@@ -147,7 +149,8 @@ def pose_hint(poses: torch.Tensor | None, latents: torch.Tensor, name: str) -> t
     if poses is None:
         return None
     check_frame_counts(**{"latents": latents, name: poses})
-    return poses_to_condition(poses, latents.shape[-2] * 8, latents.shape[-1] * 8)
+    check_finite(name, poses, "check the pose images (the node that rendered or loaded them)")
+    return poses_to_condition(poses, latents.shape[-2] * 8, latents.shape[-1] * 8, name)
 
 
 def device_dtype_choice(choice: str, device: torch.device) -> torch.dtype:
@@ -156,6 +159,8 @@ def device_dtype_choice(choice: str, device: torch.device) -> torch.dtype:
         if device.type == "cuda":
             return torch.bfloat16 if bridge.supports_bf16(device) else torch.float16
         return torch.float32
+    if choice == "fp16" and device.type == "cpu":
+        raise InputError("weight_dtype fp16 is for GPUs (the CPU cannot tune in fp16); choose bf16, fp32 or auto")
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[choice]
 
 

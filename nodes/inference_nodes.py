@@ -65,7 +65,9 @@ class DDIMInversion:
         latents = latents_in(latent, scale, "latent")
         emb = embedding(source_conditioning, "source_conditioning")
         hint = pose_hint(source_poses, latents, "source_poses") if use_controlnet else None
-        uncond = embedding(negative, "negative") if (negative is not None and guidance > 1) else None
+        if guidance > 1 and negative is None:
+            raise InputError("guidance > 1 needs 'negative': connect a CLIP Text Encode with an empty prompt, or set guidance to 1")
+        uncond = embedding(negative, "negative") if guidance > 1 else None
         progress = bridge.Progress(steps, "Edit-Your-Motion inversion")
         with activated(handle) as model:
             z_t = ddim_invert(model, latents, emb, hint, num_steps=steps, control_scale=control_strength,
@@ -108,8 +110,9 @@ class TwoBranchSampler:
                 "kv_injection": (list(INJECTION_MODES), {
                     "default": "concat",
                     "tooltip": "concat: the paper's Eq. 18, reconstruction K/V appended to the editing branch's own. balanced: the "
-                               "two copies of the current frame share one frame's attention weight, so an edit with the source "
-                               "prompt and poses reproduces the source exactly; try it when concat over-smooths the motion.",
+                               "two copies of the current frame share one frame's attention weight, so with attention mode rc "
+                               "(or self) an edit with the source prompt and poses reproduces the source exactly (in "
+                               "bidirectional and sparse_causal only approximately); try it when concat over-smooths the motion.",
                 }),
                 "reconstruction_controlnet": ("BOOLEAN", {"default": True, "tooltip": "Give the reconstruction branch the source-pose ControlNet (default, matching the inversion). Off: as MotionEditor."}),
             },
@@ -129,6 +132,9 @@ class TwoBranchSampler:
             log.warning("the clip was inverted with %d steps but is sampled with %d; use the same number", info["steps"], steps)
         if guidance > 1 and negative is None:
             raise InputError("guidance > 1 needs 'negative': connect a CLIP Text Encode with an empty prompt, or set guidance to 1")
+        if kv_injection == "balanced" and handle.attention_mode not in ("rc", "self"):
+            log.warning("kv_injection balanced reproduces the source exactly only with attention mode rc or self; with "
+                        "%s most frames do not read themselves and a null edit only comes close", handle.attention_mode)
         config = SamplerConfig(
             num_steps=steps, guidance_scale=guidance, control_scale=control_strength,
             recon_controlnet=reconstruction_controlnet, inject_start=inject_start, inject_end=inject_end,

@@ -29,7 +29,8 @@ class MaskFrames:
     DESCRIPTION = (
         "Masks out the background of the source frames: masked = frames x mask + background x (1 - mask). "
         "Stage 1 of Edit-Your-Motion learns the person's appearance and motion from the frames with the "
-        "background removed (U·M), so connect this node's output to Stage 1's frames."
+        "background removed (U·M): encode this node's output with VAE Encode and connect that LATENT to "
+        "Stage 1's masked_latent."
     )
     CATEGORY = MASK_CATEGORY
     FUNCTION = "run"
@@ -46,7 +47,8 @@ class MaskFrames:
                     "tooltip": "The person mask (1 = person): from a segmentation node, EYM Person Mask From "
                                "Keypoints, or Load Image's alpha (ComfyUI's mask is 1 where the image is "
                                "transparent: add Invert Mask when the person is the opaque part). One frame (used "
-                               "for all) or one per frame; resized to the frames. Every frame must contain some "
+                               "for all) or one per frame; resized to the frames if it has their aspect ratio (another "
+                               "aspect ratio is refused rather than stretched). Every frame must contain some "
                                "person pixels.",
                 }),
                 "background": ("FLOAT", {

@@ -63,7 +63,8 @@ class LoadVideoModel:
                 "weight_dtype": (["auto", "fp32", "fp16", "bf16"], {
                     "default": "auto",
                     "tooltip": "Storage type of the frozen weights. auto: bf16 on GPUs that support it (else fp16), "
-                               "fp32 on the CPU. Trained tensors always keep a float32 master copy.",
+                               "fp32 on the CPU (fp16 is GPU-only). The model computes in this type; trained tensors "
+                               "always keep a float32 master copy.",
                 }),
             },
             "optional": {

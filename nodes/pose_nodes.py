@@ -258,6 +258,12 @@ class AlignSkeleton:
             raise InputError(f"anchor must be one of {', '.join(ANCHOR_MODES)}; got {anchor!r}")
         ref, rh, rw = from_pose_keypoint(reference, allow_missing=bool(allow_missing), name="reference")
         src, sh, sw = from_pose_keypoint(source, allow_missing=True, name="source")
+        if len(ref) != len(src):  # the first place both clips meet: refuse before any tuning runs
+            raise InputError(
+                f"reference has {len(ref)} frames but source has {len(src)}; the edit needs the same number of frames "
+                "in both clips. Take as many frames from each video (Get Image from Batch / the loader's frame "
+                "count), or repeat a still reference pose to the source's frame count."
+            )
         if (rh, rw) != (sh, sw):
             # uniform rescale (by height) so proportions survive and scale=False keeps the size relative to the frame
             k = sh / rh

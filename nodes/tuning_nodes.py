@@ -87,10 +87,11 @@ class TuneStage1:
         required["shuffle"] = (list(SHUFFLE_MODES), {
             "default": "per_step",
             "tooltip": "per_step: a fresh random frame order every step (paper). fixed: one order (the 'permutation' input, "
-                       "else one from the seed). none: original order (ablation).",
+                       "else one from the seed). none: original order (ablation). A connected permutation always means "
+                       "its fixed order (with per_step too); with none it is an error.",
         })
         return {"required": required, "optional": {
-            "permutation": (PERMUTATION_TYPE, {"tooltip": "A frame order from EYM Shuffle Frames, used when shuffle is 'fixed'."}),
+            "permutation": (PERMUTATION_TYPE, {"tooltip": "A frame order from EYM Shuffle Frames: stage 1 then trains on this fixed order (shuffle per_step or fixed; refused with none). It must order exactly this clip's frames."}),
         }}
 
     def run(self, video_model, masked_latent, content_conditioning, source_poses, steps, learning_rate, seed,

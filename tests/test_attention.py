@@ -120,3 +120,20 @@ def test_bad_mode_and_frames():
         A.kv_frame_indices(0, "rc")
     with pytest.raises(InputError, match="kv_injection"):
         A.AttentionPlan(4, "rc", 2, {1: 0}, "sum")
+
+
+@pytest.mark.parametrize("mode,exact", [("rc", True), ("self", True), ("bidirectional", False), ("sparse_causal", False)])
+def test_balanced_injection_is_exact_only_for_frames_that_read_themselves(mode, exact):
+    """Identical branches give identical outputs under balanced injection exactly for the frames
+    whose own K/V include themselves: every frame in rc and self mode, only some in bidirectional
+    (first and last) and sparse_causal (frame 0). The docs claim exactness for rc/self only."""
+    n, tokens, channels = 5, 3, 8
+    base = torch.randn(n, tokens, channels, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    q = k = v = torch.cat([base, base])
+    plan = A.AttentionPlan(n, mode, 2, {1: 0}, "balanced")
+    out = A.planned_attention(q, k, v, 2, plan.injected, False)
+    diff = (out[n:] - out[:n]).abs().amax(dim=(1, 2))
+    reads_itself = (A.kv_frame_indices(n, mode) == torch.arange(n)[:, None]).any(dim=1)
+    assert torch.all(diff[reads_itself] < 1e-8)  # the log(1/2) bias is a float32 number
+    assert torch.all(diff[~reads_itself] > 1e-3)
+    assert bool(reads_itself.all()) == exact

@@ -163,3 +163,26 @@ def test_controlnet_rows_and_strengths_match_a_per_row_reference(scales):
             for d, r in zip(down, ref_down):
                 torch.testing.assert_close(d[i:i + 1], r * s, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(mid[i:i + 1], ref_mid * s, atol=1e-5, rtol=1e-5)
+
+
+def test_temporal_layers_are_initialised_independently_of_the_global_rng():
+    """Two loads of the same checkpoint give the same video model whatever torch's global random
+    state is (it was used for the temporal projections, so a restarted ComfyUI tuned differently)."""
+    import copy
+
+    unet, cn = tiny.build_unet("tiny", 0), None
+    models = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        models.append(MotionModel.from_unet(copy.deepcopy(unet), cn))
+    a, b = (dict(m.unet.named_parameters()) for m in models)
+    temporal = [k for k in a if "temporal_attention" in k]
+    assert temporal and all(torch.equal(a[k], b[k]) for k in a)
+    # nn.Linear's default distribution (uniform, bound 1/sqrt(fan_in)), a different draw per layer
+    qs = [k for k in temporal if k.endswith("to_q.weight")]
+    for k in qs:
+        bound = a[k].shape[1] ** -0.5
+        assert a[k].abs().max() <= bound and a[k].std() > 0.45 * bound  # uniform: std = bound / sqrt(3)
+    assert not torch.equal(a[qs[0]], a[qs[0].replace("to_q", "to_k")])
+    same_shape = [k for k in qs if a[k].shape == a[qs[0]].shape]
+    assert len(same_shape) > 1 and not torch.equal(a[same_shape[0]], a[same_shape[1]])

@@ -11,7 +11,10 @@ from edit_your_motion.motion_core.errors import InputError, ModelError
 from edit_your_motion.motion_core.testing.synthetic import frames_to_latents, make_clip
 from edit_your_motion.nodes import comfy_bridge as bridge
 from edit_your_motion.nodes import inference_nodes, model_nodes, tuning_nodes
-from edit_your_motion.nodes.handle import MotionHandle
+from edit_your_motion.nodes.handle import MotionHandle, activated
+from edit_your_motion.motion_core.method.ddim import ddim_invert
+from edit_your_motion.motion_core.method.frames import poses_to_condition
+from edit_your_motion.motion_core.method.sampler import SamplerConfig, two_branch_sample
 
 pytestmark = pytest.mark.usefixtures("comfy_inference_mode")  # as ComfyUI runs nodes
 
@@ -99,7 +102,15 @@ def test_inversion_and_sampler_nodes(data):
         handle, z, data["ps"], data["pt"], data["src"].poses, data["ref"].poses, 4, 1.0, 1.0, 0, 0.0, 0.0, 1.0,
         "down+mid+up", "concat", True)
     assert edited["samples"].shape == recon["samples"].shape == (3, 4, 8, 8)
-    assert torch.isfinite(edited["samples"]).all() and (edited["samples"] - recon["samples"]).abs().max() > 1e-4
+    # the nodes are the engine with ComfyUI's conventions: unscaled latents, IMAGE poses, CONDITIONING
+    with activated(handle) as model:
+        hint = lambda poses: poses_to_condition(poses, 64, 64)
+        z_ref = ddim_invert(model, frames_to_latents(data["src"].frames), data["ps"][0][0], hint(data["src"].poses), num_steps=4)
+        ref = two_branch_sample(model, z_ref, data["ps"][0][0], data["pt"][0][0], hint(data["src"].poses),
+                                hint(data["ref"].poses), SamplerConfig(num_steps=4))
+    torch.testing.assert_close(z["samples"] * SCALE, z_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(edited["samples"] * SCALE, ref.edited, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(recon["samples"] * SCALE, ref.reconstruction, atol=1e-5, rtol=1e-5)
     same, recon2 = inference_nodes.TwoBranchSampler().run(
         handle, z, data["ps"], data["ps"], data["src"].poses, data["src"].poses, 4, 1.0, 1.0, 0, 0.0, 0.0, 1.0,
         "down+mid+up", "balanced", True)
@@ -109,7 +120,22 @@ def test_inversion_and_sampler_nodes(data):
                                                4, 1.0, 3.0, 0, 0.0, 0.0, 1.0, "up", "concat", True)
     cfg, _ = inference_nodes.TwoBranchSampler().run(handle, z, data["ps"], data["pt"], data["src"].poses, data["ref"].poses,
                                                     2, 1.0, 3.0, 0, 0.0, 0.0, 1.0, "up", "concat", True, negative=data["empty"])
-    assert torch.isfinite(cfg["samples"]).all()
+    with activated(handle) as model:
+        ref_cfg = two_branch_sample(model, z["samples"] * SCALE, data["ps"][0][0], data["pt"][0][0], hint(data["src"].poses),
+                                    hint(data["ref"].poses), SamplerConfig(num_steps=2, guidance_scale=3.0, inject_parts=("up",)),
+                                    uncond_embeddings=data["empty"][0][0])
+    torch.testing.assert_close(cfg["samples"] * SCALE, ref_cfg.edited, atol=1e-5, rtol=1e-5)
+    with pytest.raises(InputError, match="guidance > 1 needs 'negative'"):  # the node's input, not the engine's name
+        inference_nodes.DDIMInversion().run(handle, latent(data["src"].frames), data["ps"], data["src"].poses, 2, True, 1.0, 3.0)
+
+
+def test_balanced_injection_warns_where_it_is_not_exact(data, caplog):
+    handle = model_nodes.RCAttnPatch().run(load(data), "bidirectional")[0]
+    z = {"samples": torch.zeros(3, 4, 8, 8)}
+    with caplog.at_level("WARNING", logger="edit_your_motion"):
+        inference_nodes.TwoBranchSampler().run(handle, z, data["ps"], data["ps"], data["src"].poses, data["src"].poses,
+                                               1, 1.0, 1.0, 0, 0.0, 0.0, 1.0, "down+mid+up", "balanced", True)
+    assert "exactly only with attention mode rc or self; with bidirectional" in caplog.text
 
 
 def test_handles_switch_cleanly_on_one_engine(data):
@@ -119,7 +145,9 @@ def test_handles_switch_cleanly_on_one_engine(data):
     run = lambda h: inference_nodes.DDIMInversion().run(h, latent(data["src"].frames), data["ps"], data["src"].poses, 3, True, 1.0, 1.0)[0]["samples"]
     a1, b1, a2 = run(base), run(tuned), run(base)
     torch.testing.assert_close(a1, a2)
-    assert (a1 - b1).abs().max() > 1e-5
+    # each equals a fresh engine holding only that handle's weights
+    torch.testing.assert_close(a1, run(load(data)))
+    torch.testing.assert_close(b1, run(load(data).replace(state=tuned.state, stage_steps=tuned.stage_steps)))
 
 
 def test_frame_count_mismatch_is_named(data):
@@ -185,3 +213,83 @@ def test_rc_attn_patch_node(data):
     h = load(data)
     p = model_nodes.RCAttnPatch().run(h, "self")[0]
     assert p.attention_mode == "self" and h.attention_mode == "rc" and p.engine is h.engine
+
+
+def _chain(data, handle):
+    h2 = stage2(data, stage1(data, handle))
+    z = inference_nodes.DDIMInversion().run(h2, latent(data["src"].frames), data["ps"], data["src"].poses, 3, True, 1.0, 1.0)[0]
+    edited, recon = inference_nodes.TwoBranchSampler().run(
+        h2, z, data["ps"], data["pt"], data["src"].poses, data["ref"].poses, 3, 1.0, 1.0, 0, 0.0, 0.0, 1.0,
+        "down+mid+up", "concat", True)
+    return h2, z["samples"], edited["samples"], recon["samples"]
+
+
+def test_bf16_weights_run_the_whole_node_chain(data, models_dir):
+    """Load Video Model with bf16 storage (what 'auto' picks on GPUs) -> Stage 1 -> Stage 2 -> DDIM
+    Inversion -> Two-Branch Sampler under inference mode, close to the same graph in fp32."""
+    _, z32, e32, r32 = _chain(data, model_nodes.LoadVideoModel().run(data["unet"], data["cn"], "rc", "fp32")[0])
+    base = model_nodes.LoadVideoModel().run(data["unet"], data["cn"], "rc", "bf16")[0]
+    assert base.engine.weight_dtype == torch.bfloat16
+    h2, z, edited, recon = _chain(data, base)
+    rel = lambda a, b: ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()).item()
+    assert torch.isfinite(edited).all() and rel(z, z32) < 0.08 and rel(edited, e32) < 0.08 and rel(recon, r32) < 0.08
+    assert all(v.dtype == torch.float32 for v in h2.state.values())
+    # the handle keeps float32 masters: continuing stage 1 at the smallest learning rate moves them by
+    # about 1e-7, far less than their bf16 rounding (up to 1e-3 here)
+    s1 = base.engine.model.stage_parameter_names(1)
+    more = stage1(data, h2, steps=1, learning_rate=1e-7)
+    assert max((more.state[k] - h2.state[k]).abs().max().item() for k in s1) < 1e-5
+    # saved and loaded as float32 masters
+    name = model_nodes.SaveTunedWeights().run(h2, "bf16")["ui"]["text"][0]
+    loaded = model_nodes.LoadTunedWeights().run(base, name)[0]
+    assert all(torch.equal(loaded.state[k], h2.state[k]) for k in h2.state)
+
+
+def test_fp16_weights_are_refused_on_the_cpu(data):
+    with pytest.raises(InputError, match="fp16 is for GPUs"):
+        model_nodes.LoadVideoModel().run(data["unet"], data["cn"], "rc", "fp16")
+
+
+def test_same_graph_same_seeds_same_result_after_a_restart(data):
+    """Load Video Model + Stage 1 twice, with torch's global random state changed in between (as a
+    restarted ComfyUI has it): the same tuned weights, bit for bit."""
+    runs = []
+    for global_seed in (11, 12):
+        torch.manual_seed(global_seed)
+        handle = load(data)
+        runs.append((handle.engine.base_state, stage1(data, handle).state))
+    (base_a, tuned_a), (base_b, tuned_b) = runs
+    assert all(torch.equal(base_a[k], base_b[k]) for k in base_a)  # the untuned temporal layers too
+    assert all(torch.equal(tuned_a[k], tuned_b[k]) for k in tuned_a)
+
+
+def test_nonfinite_inputs_are_named_by_their_node_input(data, models_dir):
+    """NaN in a LATENT, CONDITIONING or pose IMAGE stops the node before any work, naming the input;
+    a handle with NaN tensors is never saved; a damaged file is never loaded."""
+    handle = load(data)
+    bad_latent = latent(data["src"].frames)
+    bad_latent["samples"][1, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match=r"masked_latent contains NaN.*frame\(s\) \[1\].*VAE Encode"):
+        tuning_nodes.TuneStage1().run(handle, bad_latent, data["pc"], data["src"].poses, steps=1, learning_rate=1e-3,
+                                      seed=0, precision="auto", gradient_checkpointing=True, control_strength=1.0,
+                                      shuffle="per_step")
+    bad_poses = data["src"].poses.clone()
+    bad_poses[2, 5, 5, 0] = float("inf")
+    with pytest.raises(InputError, match=r"source_poses contains NaN or infinite values.*frame\(s\) \[2\]"):
+        tuning_nodes.TuneStage2().run(handle, latent(data["src"].frames), data["ps"], bad_poses, 1, 1e-3, 0, "auto", True, 1.0, 0.9)
+    bad_cond = [[data["ps"][0][0].clone(), {}]]
+    bad_cond[0][0][0, 3, 0] = float("nan")
+    with pytest.raises(InputError, match="source_conditioning contains NaN.*CLIP Text Encode"):
+        inference_nodes.DDIMInversion().run(handle, latent(data["src"].frames), bad_cond, data["src"].poses, 2, True, 1.0, 1.0)
+    state = dict(handle.engine.base_state)
+    name = next(iter(state))
+    state[name] = torch.full_like(state[name], float("nan"))
+    with pytest.raises(InputError, match=f"tuned tensor {name} holds NaN"):
+        model_nodes.SaveTunedWeights().run(handle.replace(state=state, stage_steps=((1, 1),)), "nan")
+    assert not list((models_dir / "edit_your_motion").glob("*"))
+
+
+def test_permutation_with_shuffle_none_is_refused(data):
+    perm = torch.tensor([2, 0, 1])
+    with pytest.raises(InputError, match="shuffle is 'none'"):
+        stage1(data, load(data), shuffle="none", permutation=perm)

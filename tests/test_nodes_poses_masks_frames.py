@@ -174,6 +174,15 @@ def test_align_skeleton_missing_frames():
         pose_nodes.AlignSkeleton().run(ref_pk, empty, allow_missing=True)
 
 
+def test_align_skeleton_refuses_a_frame_count_mismatch_before_any_tuning():
+    """Source 3 frames, reference 2: caught where both clips first meet, not by the sampler after
+    both tuning stages."""
+    src_pk = _pk(make_clip(3, 64, 64, "wave"))
+    ref_pk = _pk(make_clip(2, 64, 64, "walk"))
+    with pytest.raises(InputError, match=r"reference has 2 frames but source has 3.*same number of frames"):
+        pose_nodes.AlignSkeleton().run(ref_pk, src_pk)
+
+
 # ------------------------------------------------------------------ masks
 
 def test_mask_frames_is_frames_times_mask(clip):
@@ -187,6 +196,15 @@ def test_mask_frames_is_frames_times_mask(clip):
     (out,) = mask_nodes.MaskFrames().run(clip.frames, single)
     assert out.shape == clip.frames.shape and float(out[:, 0, 0].abs().sum()) == 0.0
     assert torch.allclose(out[:, 32, 32], clip.frames[:, 32, 32])
+
+
+def test_mask_frames_description_points_to_stage_1_latent_input():
+    """Stage 1 takes a LATENT (masked_latent), not frames: the description says to VAE-encode first."""
+    from edit_your_motion.nodes import tuning_nodes
+
+    text = mask_nodes.MaskFrames.DESCRIPTION
+    assert "VAE Encode" in text and "masked_latent" in text and "Stage 1's frames" not in text
+    assert tuning_nodes.TuneStage1.INPUT_TYPES()["required"]["masked_latent"][0] == "LATENT"
 
 
 def test_mask_frames_errors(clip):

@@ -163,6 +163,35 @@ def test_fixed_permutation_is_checked(clip):
                 permutation=torch.tensor([3, 2, 0, 1]))
 
 
+def test_a_given_permutation_means_that_fixed_order(clip):
+    """README: stage 1 reshuffles every step by default; a permutation wired in gives a fixed order.
+    With the default per_step it is the same training as shuffle='fixed' with that permutation."""
+    perm = torch.tensor([2, 0, 3, 1])
+    states = []
+    for shuffle in ("per_step", "fixed"):
+        model = tiny.build_motion_model()
+        states.append(tune_stage1(model, clip["masked"], clip["emb"], clip["poses"],
+                                  TuneConfig(steps=2, learning_rate=1e-3, shuffle=shuffle), permutation=perm).state)
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    model = tiny.build_motion_model()
+    with pytest.raises(InputError, match="shuffle is 'none'.*disconnect the permutation"):
+        tune_stage1(model, clip["masked"], clip["emb"], clip["poses"], TuneConfig(steps=1, shuffle="none"), permutation=perm)
+    with pytest.raises(InputError, match="stage 1 only"):
+        tune_stage(model, 2, clip["latents"], clip["emb"], clip["poses"], TuneConfig(steps=1), permutation=perm)
+
+
+@pytest.mark.parametrize("shuffle", ["per_step", "fixed"])
+def test_bad_permutations_are_refused_in_every_mode(clip, shuffle):
+    model = tiny.build_motion_model()
+    run = lambda perm: tune_stage1(model, clip["masked"], clip["emb"], clip["poses"], TuneConfig(steps=1, shuffle=shuffle),
+                                   permutation=perm)
+    with pytest.raises(InputError, match="not a permutation of 0..3"):
+        run(torch.tensor([0, 0, 1, 2]))
+    with pytest.raises(InputError, match="orders 5 frames but the clip has 4"):
+        run(torch.tensor([4, 3, 2, 1, 0]))
+    run(torch.tensor([3, 2, 1, 0], dtype=torch.int32))  # an int32 permutation is a permutation
+
+
 def test_bad_inputs(clip):
     model = tiny.build_motion_model()
     with pytest.raises(InputError, match="latents has 4, poses has 3"):

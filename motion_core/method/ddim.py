@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from diffusers import DDIMScheduler
 
-from ..errors import InputError, check_frame_counts, check_latent_size
+from ..errors import InputError, ModelError, check_finite, check_frame_counts, check_latent_size, nonfinite_tensors
 from ..video_model.model import MotionModel, match_token_lengths
 
 #: ``callback(step, total_steps)`` after every step; raise inside it to cancel.
@@ -71,6 +71,27 @@ def guided(eps: torch.Tensor, groups: int, guidance: float) -> torch.Tensor:
     return uncond + guidance * (cond - uncond)
 
 
+def check_inputs_finite(**named: torch.Tensor | None) -> None:
+    for name, value in named.items():
+        check_finite(name, value)
+
+
+def check_output_finite(model: MotionModel, result: torch.Tensor, what: str) -> None:
+    """Refuse a non-finite result (the inputs were checked before): name the likely cause."""
+    if bool(torch.isfinite(result).all()):
+        return
+    broken = nonfinite_tensors(model.named_parameters())
+    if broken:
+        raise ModelError(
+            f"{what} produced NaN or infinite values because the video model's weights hold them (e.g. {broken[0]}): "
+            "load the checkpoint and the tuned weights again, or tune again"
+        )
+    raise ModelError(
+        f"{what} produced NaN or infinite values although its inputs and the model's weights are finite: a half-precision "
+        "overflow (load the video model with weight_dtype bf16 or fp32) or inputs far out of range (check the latents)"
+    )
+
+
 @torch.no_grad()
 def _ddim_run(model: MotionModel, latents, text_embeddings, poses, num_steps, control_scale, guidance,
               uncond_embeddings, callback, invert: bool) -> torch.Tensor:
@@ -82,6 +103,8 @@ def _ddim_run(model: MotionModel, latents, text_embeddings, poses, num_steps, co
         raise InputError(f"guidance must be >= 1 (1 = no classifier-free guidance); got {guidance}")
     if guidance > 1 and uncond_embeddings is None:
         raise InputError("guidance > 1 needs the negative/empty prompt embedding (uncond_embeddings)")
+    check_inputs_finite(latents=latents, text_embeddings=text_embeddings, poses=poses,
+                        uncond_embeddings=uncond_embeddings if guidance > 1 else None)
     device = model.device
     groups = 1 if guidance == 1 else 2
     emb = [text_embeddings] if groups == 1 else match_token_lengths(uncond_embeddings, text_embeddings)
@@ -97,6 +120,7 @@ def _ddim_run(model: MotionModel, latents, text_embeddings, poses, num_steps, co
         z = ddim_step(z, eps, a_prev, a_t) if invert else ddim_step(z, eps, a_t, a_prev)
         if callback is not None:
             callback(k + 1, len(steps))
+    check_output_finite(model, z, "DDIM inversion" if invert else "DDIM sampling")
     return z
 
 

@@ -18,19 +18,23 @@ laid out as ``[recon(uncond), recon(cond), edit(uncond), edit(cond)]``.
   twice in the softmax: an "edit" with the source prompt and poses drifts slightly from the
   reconstruction.
 * ``balanced`` — the same keys, but the two copies of frame ``i`` share one frame's attention
-  weight (a ``log 1/2`` logit bias on each). An edit with the source prompt and poses then
-  reproduces the reconstruction exactly; real edits still read the source content through the
-  injected keys. Useful as a sanity check and when ``concat`` over-smooths the new motion.
+  weight (a ``log 1/2`` logit bias on each). In the ``rc`` and ``self`` attention modes, where
+  frame ``i`` is among its own keys, an edit with the source prompt and poses then reproduces the
+  reconstruction exactly; in ``bidirectional`` and ``sparse_causal`` most frames do not read
+  themselves, the injected frame ``i`` is an extra key, and the null edit only comes close. Real
+  edits still read the source content through the injected keys. Useful as a sanity check and
+  when ``concat`` over-smooths the new motion.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
 
 from ..video_model.attention import INJECTION_MODES, UNET_PARTS
-from ..method.ddim import ProgressCallback, ddim_schedule, ddim_step
+from ..method.ddim import ProgressCallback, check_inputs_finite, check_output_finite, ddim_schedule, ddim_step
 from ..errors import InputError, check_frame_counts, check_latent_size
 from ..video_model.model import MotionModel, match_token_lengths, to_device
 
@@ -75,6 +79,14 @@ class SampleResult:
     injected_steps: list[int] = field(default_factory=list)
 
 
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of the fresh noise of sampling step ``step``: seeded from a hash of
+    ``(seed, step)``, so every seed ComfyUI allows (up to 2**64 - 1) works and neighbouring seeds
+    give unrelated noise."""
+    digest = hashlib.sha256(f"{int(seed)}:{int(step)}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") % 2**63)
+
+
 def injection_active(step: int, num_steps: int, start: float, end: float) -> bool:
     """Step ``step`` (0-based) injects when its position ``step / num_steps`` lies in [start, end)."""
     return start <= step / num_steps < end
@@ -102,6 +114,9 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
     cfg = config.guidance_scale > 1
     if cfg and uncond_embeddings is None:
         raise InputError("guidance > 1 needs the negative/empty prompt embedding (uncond_embeddings)")
+    check_inputs_finite(inverted_latents=inverted_latents, recon_embeddings=recon_embeddings,
+                        edit_embeddings=edit_embeddings, source_poses=recon_poses, reference_poses=edit_poses,
+                        uncond_embeddings=uncond_embeddings if cfg else None)
     device = model.device
     k = 2 if cfg else 1  # groups per branch
 
@@ -146,11 +161,11 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
             eps_e = eps_e[:n] + g * (eps_e[n:] - eps_e[:n])
         noise = None
         if config.eta > 0:
-            gen = torch.Generator().manual_seed(int(config.seed) * 1_000_003 + step)
-            noise = to_device(torch.randn(z_r.shape, generator=gen), device)
+            noise = to_device(torch.randn(z_r.shape, generator=step_generator(config.seed, step)), device)
         a_t, a_prev = schedule.alpha(t), schedule.alpha_prev(t)
         z_r = ddim_step(z_r, eps_r, a_t, a_prev, config.eta, noise)
         z_e = ddim_step(z_e, eps_e, a_t, a_prev, config.eta, noise)
         if callback is not None:
             callback(step + 1, total)
+    check_output_finite(model, torch.stack([z_e, z_r]), "two-branch sampling")
     return SampleResult(z_e, z_r, injected)

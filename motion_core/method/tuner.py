@@ -21,6 +21,8 @@ Randomness (order, timestep, noise) of step ``k`` comes from a generator seeded 
 
 from __future__ import annotations
 
+import logging
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
@@ -29,10 +31,12 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from ..errors import InputError, check_frame_counts, check_latent_size
+from ..errors import InputError, ModelError, check_finite, check_frame_counts, check_latent_size, nonfinite_tensors
 from ..video_model.attention import AttentionPlan
 from ..method.frames import check_permutation
 from ..video_model.model import MotionModel, to_device
+
+log = logging.getLogger("edit_your_motion")
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SHUFFLE_MODES = ("per_step", "fixed", "none")
@@ -114,12 +118,18 @@ def _training_mode(model: MotionModel, names: list[str], config: TuneConfig):
     frozen_half = any(p.dtype in (torch.float16, torch.bfloat16) for n, p in params.items() if n not in before)
     if compute == torch.float32 and frozen_half:
         raise InputError("precision fp32 needs the model's weights in float32; choose bf16 or fp16, or load the model in fp32")
+    storage = model.storage_dtype
+    if storage != torch.float32 and compute != storage and model.device.type == "cpu":
+        # CPU kernels (group norm) cannot mix bf16 activations with fp16 weights; CUDA autocast can
+        name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[storage]
+        raise InputError(f"precision {config.precision} does not match the model's {name} weights; choose precision "
+                         f"{name} (auto does), or load the model with another weight_dtype")
     if compute == torch.float16 and model.device.type == "cpu":
         raise InputError("precision fp16 is for GPUs; on the CPU use bf16 or fp32")
     old_compute, old_ckpt = model.compute_dtype, model.unet.is_gradient_checkpointing
-    for p in trained:
-        if p.dtype != torch.float32:
-            p.data = p.data.float()
+    for n, p in zip(names, trained):
+        if p.dtype != torch.float32:  # resume from the float32 master where one stands for the stored value
+            p.data = model.master(n, p).detach().to(device=p.device, dtype=torch.float32, copy=True)
         p.requires_grad_(True)
     model.compute_dtype = compute
     if config.gradient_checkpointing:
@@ -135,7 +145,7 @@ def _training_mode(model: MotionModel, names: list[str], config: TuneConfig):
             p.grad = None
             if not ok:
                 p.data = before[n].to(p.device)
-            if p.dtype != dtypes[n]:  # back to the storage dtype (the result's state keeps float32)
+            if p.dtype != dtypes[n]:  # back to the storage dtype (the state was read before, in float32)
                 p.data = p.data.to(dtypes[n])
         model.compute_dtype = old_compute
         if not old_ckpt:
@@ -153,9 +163,11 @@ def tune_stage(model: MotionModel, stage: int, latents: torch.Tensor, text_embed
     ``latents``: scaled VAE latents ``(n, 4, h, w)`` (stage 1: of the background-masked frames,
     in their original order); ``text_embeddings``: ``(1, tokens, dim)`` of ``P_c`` (stage 1) or
     ``P_s`` (stage 2); ``poses``: ControlNet hints ``(n, 3, 8h, 8w)`` of the source skeletons, or
-    None to tune without ControlNet; ``permutation``: the fixed order for ``shuffle="fixed"``
-    (default: a seeded one); ``parameters``: UNet parameter names to train instead of the stage's
-    (e.g. every trainable tensor at once, for the later version's "without STL" ablation).
+    None to tune without ControlNet; ``permutation`` (stage 1 of the first version): a fixed frame
+    order, used with ``shuffle`` ``fixed`` or ``per_step`` (it replaces the per-step orders) and
+    refused with ``none``; without it, ``fixed`` uses a seeded order; ``parameters``: UNet parameter
+    names to train instead of the stage's (e.g. every trainable tensor at once, for the later
+    version's "without STL" ablation).
     """
     config = config or TuneConfig()
     config.validate()
@@ -177,7 +189,20 @@ def tune_stage(model: MotionModel, stage: int, latents: torch.Tensor, text_embed
             f"the prompt embedding has width {text_embeddings.shape[-1]} but the UNet expects "
             f"{model.unet.config.cross_attention_dim}; encode the prompt with the checkpoint's own CLIP"
         )
+    for name, value in (("latents", latents), ("poses", poses), ("text_embeddings", text_embeddings)):
+        check_finite(name, value)
     shuffle = config.shuffle if stage == 1 and model.method == "eym_v1" else "none"  # STL keeps frames in order
+    if permutation is not None:  # a given order always means that fixed order (README)
+        if stage != 1:
+            raise InputError("a permutation applies to stage 1 only; stage 2 trains on the frames in their original order")
+        if shuffle == "none":
+            raise InputError("shuffle is 'none' (original order) but a permutation was given: disconnect the "
+                             "permutation, or set shuffle to 'fixed' to train on its order")
+        permutation = torch.as_tensor(permutation)
+        check_permutation(permutation, n)
+        if shuffle == "per_step":
+            log.info("stage 1: a permutation was given, so the frames keep that fixed order instead of a fresh one per step")
+            shuffle = "fixed"
     if shuffle == "fixed":
         permutation = permutation if permutation is not None else torch.randperm(n, generator=_step_generator(config.seed, -1))
         check_permutation(permutation, n)
@@ -201,7 +226,7 @@ def tune_stage(model: MotionModel, stage: int, latents: torch.Tensor, text_embed
         scheduler = DDPMScheduler.from_config(model.scheduler_config)
         result = _train(model, stage, names, latents, text_embeddings, poses, config, callback, shuffle,
                         permutation, plan, scheduler, result)
-    result.state = model.tuned_state(names=names)
+    model.keep_masters(result.state)  # a later stage or a resumed run starts from them
     return result
 
 
@@ -251,13 +276,37 @@ def _train(model, stage, names, latents, text_embeddings, poses, config, callbac
             # Read the previous step's loss while this step runs: no per-step wait on the GPU.
             value = float(pending) if pending is not None else None
             if value is not None:
+                _check_loss(model, stage, names, k - config.start_step, value, config)
                 result.losses.append(value)
             pending = loss.detach()
             if callback is not None:
                 callback(k - config.start_step + 1, config.steps, value)
+        _check_loss(model, stage, names, config.steps, float(pending), config)
         result.losses.append(float(pending))
         del optimizer
+        # Read while the float32 masters are the parameters, before storage returns to bf16/fp16.
+        result.state = model.tuned_state(names=names)
     return result
+
+
+def _check_loss(model, stage, names, step, value, config) -> None:
+    """Stop at the first non-finite loss (read one step late: no per-step wait on the GPU). Raising
+    inside the training mode puts the weights back as they were before the stage."""
+    if math.isfinite(value):
+        return
+    trained = set(names)
+    broken = nonfinite_tensors((n, p) for n, p in model.named_parameters() if n.removeprefix("unet.") not in trained)
+    if broken:
+        raise ModelError(
+            f"stage {stage}: the loss is {value} because the video model's own weights hold NaN or infinite values "
+            f"(e.g. {broken[0]}); the checkpoint or ControlNet is damaged: load it again"
+        )
+    hint = "; or use precision bf16 instead of fp16" if config.precision == "fp16" else ""
+    raise InputError(
+        f"stage {stage} diverged: the loss became {value} at step {step}, so tuning stopped and the weights were "
+        f"restored to what they were before this stage. The inputs and weights are finite: lower learning_rate "
+        f"(now {config.learning_rate:g}){hint}"
+    )
 
 
 def tune_stage1(model: MotionModel, masked_latents: torch.Tensor, content_embeddings: torch.Tensor,

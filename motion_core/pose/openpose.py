@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -37,9 +38,15 @@ BODY_MODEL_SOURCE = "the Hugging Face repository lllyasviel/Annotators"
 def _import_open_pose():
     """Return controlnet_aux's ``(body module, model module, util module)``."""
     try:
-        from controlnet_aux.open_pose import body as body_mod  # noqa: PLC0415 - heavy, lazy on purpose
-        from controlnet_aux.open_pose import model as model_mod  # noqa: PLC0415
-        from controlnet_aux.open_pose import util as util_mod  # noqa: PLC0415
+        with warnings.catch_warnings():
+            # controlnet_aux imports timm's deprecated paths and re-registers timm models on import:
+            # warnings about its own code that read like errors and that no user can act on
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"timm(\.|$)")
+            warnings.filterwarnings("ignore", message=r"Overwriting \S+ in registry", category=UserWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)  # its own imports (scipy, torch.jit)
+            from controlnet_aux.open_pose import body as body_mod  # noqa: PLC0415 - heavy, lazy on purpose
+            from controlnet_aux.open_pose import model as model_mod  # noqa: PLC0415
+            from controlnet_aux.open_pose import util as util_mod  # noqa: PLC0415
     except Exception as exc:  # ImportError, or an optional dependency of controlnet_aux failing
         raise ImportError(
             "OpenPose detection needs the Python package controlnet-aux (pip install controlnet-aux); "

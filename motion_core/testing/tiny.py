@@ -45,16 +45,21 @@ def controlnet_embedding_channels(size: str) -> tuple:
 
 
 def build_unet(size: str = "tiny", seed: int = 0) -> UNet2DConditionModel:
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(**unet_config(size)).eval()
+    """Random weights from ``seed``; torch's global random state is left as it was (so building a
+    model never hides code that depends on it)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet2DConditionModel(**unet_config(size)).eval()
 
 
 def build_controlnet(unet: UNet2DConditionModel, size: str = "tiny", seed: int = 1) -> ControlNetModel:
     """A ControlNet copied from ``unet`` whose zero convolutions get small random weights, so that
     the pose images visibly steer a tiny model (a real ControlNet's are trained, not zero)."""
-    controlnet = ControlNetModel.from_unet(
-        unet, conditioning_embedding_out_channels=controlnet_embedding_channels(size)
-    ).eval()
+    with torch.random.fork_rng(devices=[]):  # its new layers start random: from the seed, not the global state
+        torch.manual_seed(seed)
+        controlnet = ControlNetModel.from_unet(
+            unet, conditioning_embedding_out_channels=controlnet_embedding_channels(size)
+        ).eval()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         zero_convs = list(controlnet.controlnet_down_blocks) + [controlnet.controlnet_mid_block,

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -108,7 +109,9 @@ class AttentionPlan:
         if self.injection == "balanced":
             # The reconstruction's frame i shares the attention weight of the editing branch's own
             # frame i: with c copies of frame i among the own blocks, each of the c + 1 blocks gets
-            # log(c / (c + 1)). Identical branches then give identical outputs (see sampler docs).
+            # log(c / (c + 1)). Identical branches then give identical outputs, but only for frames
+            # that read themselves (c > 0: every frame in rc and self mode; in bidirectional and
+            # sparse_causal most frames do not, and the injected frame stays an extra key).
             own_is_i = (idx == torch.arange(n)[:, None]).float()  # (n, m)
             c = own_is_i.sum(dim=1, keepdim=True)
             share = torch.where(c > 0, torch.log(c.clamp(min=1) / (c + 1)), torch.zeros_like(c))
@@ -229,16 +232,31 @@ class FrameAttention(Attention):
         return self.processor(self, hidden_states, encoder_hidden_states, attention_mask)
 
 
+def seeded_linear_init_(weight: torch.Tensor, key: str) -> None:
+    """``nn.Linear``'s default initialisation (uniform in +-1/sqrt(fan_in)) drawn on the host from a
+    generator seeded with ``key``: the same values on every device, in every process, whatever
+    torch's global random state is."""
+    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") % (2**63 - 1)
+    bound = weight.shape[1] ** -0.5
+    values = torch.empty(weight.shape, dtype=torch.float32).uniform_(-bound, bound, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        weight.copy_(values)
+
+
 class TemporalAttention(nn.Module):
     """LayerNorm + self-attention across frames at each spatial position, residual.
 
-    The output projection starts at zero, so a freshly inflated model equals the image model.
+    The output projection starts at zero, so a freshly inflated model equals the image model. The
+    Q/K/V projections are initialised from a generator seeded with their parameter name (``name``
+    is this layer's name in the UNet), so two loads of one checkpoint give the same model.
     """
 
-    def __init__(self, dim: int, heads: int, head_dim: int, context: FrameContext):
+    def __init__(self, dim: int, heads: int, head_dim: int, context: FrameContext, name: str = "temporal_attention"):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.attn = Attention(query_dim=dim, heads=heads, dim_head=head_dim, bias=False, out_bias=True)
+        for proj in ("to_q", "to_k", "to_v"):
+            seeded_linear_init_(getattr(self.attn, proj).weight, f"{name}.attn.{proj}.weight")
         nn.init.zeros_(self.attn.to_out[0].weight)
         nn.init.zeros_(self.attn.to_out[0].bias)
         # Not a submodule: the context is shared state, not weights.

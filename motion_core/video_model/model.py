@@ -157,7 +157,8 @@ def inflate_unet(unet: UNet2DConditionModel, context: FrameContext) -> UNet2DCon
             attn = block.attn1
             if type(attn) is Attention:
                 attn.__class__ = FrameAttention
-            temporal = TemporalAttention(attn.query_dim, attn.heads, attn.inner_dim // attn.heads, context)
+            temporal = TemporalAttention(attn.query_dim, attn.heads, attn.inner_dim // attn.heads, context,
+                                         name=f"{name}.{TEMPORAL_KEY}")
             block.temporal_attention = temporal.to(device=ref.device, dtype=ref.dtype)
             block.register_forward_hook(_temporal_hook)
     processors = {}
@@ -193,7 +194,8 @@ class MotionModel(nn.Module):
         if method not in METHODS:
             raise InputError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
         self.method = method
-        self.compute_dtype = torch.float32
+        self.compute_dtype: torch.dtype | None = None  # None: the weights' storage dtype (see autocast)
+        self._masters: dict[str, torch.Tensor] = {}  # float32 values of half-precision trained tensors
         self._plans: dict = {}
         self._pose_cache = None
         if controlnet is not None and type(controlnet.controlnet_cond_embedding) is ControlNetConditioningEmbedding:
@@ -259,11 +261,21 @@ class MotionModel(nn.Module):
             self._plans[key] = plan.to(self.device)
         return plan
 
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        """The frozen weights' storage dtype: half precision when the UNet or the ControlNet is stored
+        in it (their input convolutions are never trained), else float32."""
+        convs = [self.unet.conv_in] + ([self.controlnet.conv_in] if self.controlnet is not None else [])
+        return next((c.weight.dtype for c in convs if c.weight.dtype != torch.float32), torch.float32)
+
     def autocast(self):
-        """Autocast to the compute dtype when it is not float32."""
-        if self.compute_dtype == torch.float32:
+        """Autocast to the compute dtype when it is not float32. Outside tuning the compute dtype is
+        the storage dtype, so float32 inputs (latents, poses, prompts) meet bf16/fp16 weights only
+        through autocast's casts."""
+        dtype = self.compute_dtype or self.storage_dtype
+        if dtype == torch.float32:
             return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.compute_dtype)
+        return torch.autocast(self.device.type, dtype=dtype)
 
     # ----------------------------------------------------------------- trainable parts
     def stage_parameter_names(self, stage: int) -> list[str]:
@@ -295,11 +307,31 @@ class MotionModel(nn.Module):
 
     def tuned_state(self, stages=(1, 2), names: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Copies of the tensors the given stages train, or of ``names`` (UNet-relative names,
-        float32, CPU)."""
+        float32, CPU); for half-precision storage, the float32 masters where they still stand for
+        the stored values."""
         params = dict(self.unet.named_parameters())
         if names is None:
             names = [n for s in stages for n in self.stage_parameter_names(s)]
-        return {n: params[n].detach().float().cpu().clone() for n in names}
+        return {n: self.master(n, params[n]).detach().float().cpu().clone() for n in names}
+
+    def master(self, name: str, param: torch.Tensor) -> torch.Tensor:
+        """The float32 master of a trained parameter stored in half precision, if one was kept (by
+        :meth:`load_tuned_state` or tuning) and still rounds to the stored value; else the parameter."""
+        m = self._masters.get(name)
+        if m is None or param.dtype == torch.float32 or m.shape != param.shape:
+            return param
+        if not torch.equal(m.to(device=param.device, dtype=param.dtype), param.detach()):
+            self._masters.pop(name, None)  # the weights were changed another way since
+            return param
+        return m
+
+    def keep_masters(self, state: dict[str, torch.Tensor]) -> None:
+        """Remember float32 CPU ``state`` values as masters of half-precision trained parameters."""
+        params = dict(self.unet.named_parameters())
+        for name, value in state.items():
+            p = params.get(name)
+            if p is not None and p.dtype != torch.float32 and value.dtype == torch.float32:
+                self._masters[name] = value.detach().cpu()
 
     def load_tuned_state(self, state: dict[str, torch.Tensor]) -> None:
         """Write ``state`` (from :meth:`tuned_state`) into the UNet, keeping each parameter's dtype."""
@@ -314,6 +346,7 @@ class MotionModel(nn.Module):
                 if p.shape != value.shape:
                     raise ModelError(f"tuned tensor {name} has shape {tuple(value.shape)}; the model has {tuple(p.shape)}")
                 p.copy_(value.to(device=p.device, dtype=p.dtype))
+        self.keep_masters(state)
 
     # ----------------------------------------------------------------- forward
     def pose_embedding(self, poses: torch.Tensor) -> torch.Tensor:

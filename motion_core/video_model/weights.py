@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..errors import InputError, ModelError
+from ..errors import InputError, ModelError, nonfinite_tensors
 from ..video_model.model import MotionModel
 from ..video_model.motion_attention import MA_KEY
 
@@ -81,6 +81,10 @@ def save_tuned_weights(path: str | os.PathLike, model: MotionModel, state: dict[
         raise InputError(f"tuned weights are saved as .safetensors; got file name {path.name!r}")
     if not state:
         raise InputError("there are no tuned tensors to save; run stage 1 and/or stage 2 first")
+    broken = nonfinite_tensors(state.items())
+    if broken:
+        raise InputError(f"tuned tensor {broken[0]} holds NaN or infinite values; nothing was written. Tune again "
+                         "(with a lower learning rate)")
     meta = {
         "format": FORMAT,
         "method": model.method,
@@ -120,6 +124,9 @@ def read_tuned_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor]
         raise InputError(f"{path.name} is not a readable safetensors file ({exc}); save the tuned weights again") from exc
     if meta.get("format") != FORMAT:
         raise InputError(f"{path.name} is not an Edit-Your-Motion tuned-weights file (format {meta.get('format')!r})")
+    broken = nonfinite_tensors(tensors.items())
+    if broken:
+        raise InputError(f"{path.name} holds NaN or infinite values (tensor {broken[0]}); the file is damaged: tune again")
     parsed = dict(meta)
     parsed["stages"] = {int(k): v for k, v in json.loads(meta["stages"]).items()}
     parsed["base_fingerprint"] = json.loads(meta["base_fingerprint"])
