@@ -20,7 +20,9 @@ from .errors import InputError, ModelError
 from .method.ddim import ddim_invert, ddim_sample
 from .method.frames import apply_background_mask, poses_to_condition
 from .method.sampler import SamplerConfig, two_branch_sample
-from .method.tuner import TuneConfig, tune_stage, tune_stage1, tune_stage2
+from .method.tuner import StageRecipe, TuneConfig, tune
+from .method.dpl import run_v1, tune_stage1, tune_stage2
+from .method.stages import stage_parameter_names, stage_recipe, tune_stage
 from .method.stl import tune_stl_stage1, tune_stl_stage2, tune_without_stl
 from .method.single_branch import repeat_to_frames, single_branch_sample
 from .method.eym_v2 import V2_VARIANTS, build_v2_model, run_v2, tune_v2
@@ -33,5 +35,6 @@ __all__ = [
     "tune_stage2", "ddim_invert", "ddim_sample", "SamplerConfig", "two_branch_sample", "apply_background_mask",
     "poses_to_condition", "save_tuned_weights", "load_tuned_weights", "read_tuned_weights",
     "METHODS", "tune_stl_stage1", "tune_stl_stage2", "tune_without_stl", "single_branch_sample", "repeat_to_frames",
-    "V2_VARIANTS", "build_v2_model", "run_v2", "tune_v2",
+    "V2_VARIANTS", "build_v2_model", "run_v2", "tune_v2", "StageRecipe", "tune", "run_v1", "stage_recipe",
+    "stage_parameter_names",
 ]

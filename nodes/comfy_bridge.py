@@ -169,7 +169,7 @@ def unet_weights(model) -> tuple[dict | torch.nn.Module, float]:
     """
     from diffusers import UNet2DConditionModel
 
-    from ..motion_core.video_model.model import SD15_LATENT_SCALE
+    from ..motion_core.video_model.sd15 import SD15_LATENT_SCALE
 
     if isinstance(model, (UNet2DConditionModel, dict)):
         return model, SD15_LATENT_SCALE

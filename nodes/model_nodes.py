@@ -12,7 +12,8 @@ import torch
 from ..motion_core.video_model.attention import ATTENTION_MODES
 from ..motion_core.video_model.convert import controlnet_from_ldm, unet_from_ldm
 from ..motion_core.errors import InputError
-from ..motion_core.video_model.model import METHODS, MotionModel, is_full_size_sd15
+from ..motion_core.video_model.model import METHODS, MotionModel
+from ..motion_core.video_model.sd15 import is_full_size_sd15
 from ..motion_core.video_model.weights import read_tuned_weights, save_tuned_weights, verify_tuned_weights
 from . import comfy_bridge as bridge
 from .handle import CATEGORY, MODEL_TYPE, MotionEngine, MotionHandle, check_handle, device_dtype_choice

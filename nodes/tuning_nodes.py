@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 from ..motion_core.errors import InputError
-from ..motion_core.method.tuner import SHUFFLE_MODES, TuneConfig, tune_stage
+from ..motion_core.method.stages import tune_stage
+from ..motion_core.method.tuner import SHUFFLE_MODES, TuneConfig
 from . import comfy_bridge as bridge
 from .handle import (
     CATEGORY, MODEL_TYPE, PERMUTATION_TYPE, activated, check_handle, embedding, latents_in, pose_hint,

@@ -11,6 +11,7 @@ import torch
 from edit_your_motion.motion_core.video_model.convert import _materialise, controlnet_from_ldm, own_copy, unet_from_ldm
 from edit_your_motion.motion_core.errors import ModelError
 from edit_your_motion.motion_core.video_model.model import MotionModel
+from edit_your_motion.motion_core.method.stages import stage_parameter_names
 
 _spec = importlib.util.spec_from_file_location("comfyui_harness", Path(__file__).with_name("comfyui_harness.py"))
 harness = importlib.util.module_from_spec(_spec)
@@ -30,8 +31,8 @@ def test_every_sd15_key_maps_onto_the_diffusers_modules():
     assert sum(p.numel() for p in cn.parameters()) == 361_279_120
     model = MotionModel.from_unet(unet, cn)
     params = dict(model.unet.named_parameters())
-    assert sum(params[n].numel() for n in model.stage_parameter_names(1)) == 49_574_080
-    assert sum(params[n].numel() for n in model.stage_parameter_names(2)) == 49_599_040
+    assert sum(params[n].numel() for n in stage_parameter_names(model, 1)) == 49_574_080
+    assert sum(params[n].numel() for n in stage_parameter_names(model, 2)) == 49_599_040
 
 
 def test_wrong_models_are_refused_with_the_fix():

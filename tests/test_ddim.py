@@ -7,7 +7,7 @@ from diffusers import DDIMScheduler
 from edit_your_motion.motion_core.testing import tiny
 from edit_your_motion.motion_core.method.ddim import ddim_invert, ddim_sample, ddim_schedule, ddim_step
 from edit_your_motion.motion_core.errors import InputError
-from edit_your_motion.motion_core.video_model.model import SD15_SCHEDULER_CONFIG
+from edit_your_motion.motion_core.video_model.sd15 import SD15_SCHEDULER_CONFIG
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.7])

@@ -11,10 +11,12 @@ from edit_your_motion.motion_core.errors import InputError
 from edit_your_motion.motion_core.method.ddim import ddim_invert
 from edit_your_motion.motion_core.method.frames import apply_background_mask, poses_to_condition
 from edit_your_motion.motion_core.method.sampler import SamplerConfig, two_branch_sample
-from edit_your_motion.motion_core.method.tuner import TuneConfig, tune_stage1, tune_stage2
+from edit_your_motion.motion_core.method.dpl import tune_stage1, tune_stage2
+from edit_your_motion.motion_core.method.tuner import TuneConfig
 from edit_your_motion.motion_core.testing import tiny
 from edit_your_motion.motion_core.testing.synthetic import frames_to_latents, make_clip
 from edit_your_motion.motion_core.video_model import weights
+from edit_your_motion.motion_core.method.stages import stage_parameter_names
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +96,7 @@ def test_tuned_state_keeps_the_float32_masters(clip):
     """The state is read while the float32 masters exist, before storage goes back to bf16: a
     small learning rate moves the weights by less than bf16's resolution, which only the masters keep."""
     model = tiny.build_motion_model().to(torch.bfloat16)
-    base = model.tuned_state((1,))
+    base = model.tuned_state(stage_parameter_names(model, 1))
     res = tune_stage1(model, clip["masked"], clip["pc"], clip["poses"],
                       TuneConfig(steps=2, learning_rate=1e-5, precision="bf16"))
     assert all(v.dtype == torch.float32 for v in res.state.values())
@@ -126,7 +128,7 @@ def test_stale_masters_are_not_used(clip):
     model = tiny.build_motion_model().to(torch.bfloat16)
     tune_stage1(model, clip["masked"], clip["pc"], clip["poses"], TuneConfig(steps=1, learning_rate=1e-4, precision="bf16"))
     params = dict(model.unet.named_parameters())
-    name = model.stage_parameter_names(1)[0]
+    name = stage_parameter_names(model, 1)[0]
     with torch.no_grad():
         params[name].fill_(0.5)
     state = tune_stage1(model, clip["masked"], clip["pc"], clip["poses"],

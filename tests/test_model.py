@@ -7,6 +7,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from edit_your_motion.motion_core.testing import tiny
 from edit_your_motion.motion_core.errors import InputError, ModelError
 from edit_your_motion.motion_core.video_model.model import MotionModel
+from edit_your_motion.motion_core.method.stages import stage_parameter_names
 
 
 def _inputs(n, seed=0):
@@ -93,7 +94,7 @@ def test_trained_temporal_layer_mixes_frames():
 
 def test_stage_parameter_sets_are_disjoint_and_complete():
     model = tiny.build_motion_model()
-    s1, s2 = set(model.stage_parameter_names(1)), set(model.stage_parameter_names(2))
+    s1, s2 = set(stage_parameter_names(model, 1)), set(stage_parameter_names(model, 2))
     assert s1 and s2 and not (s1 & s2)
     assert all(".attn1." in n and any(k in n for k in ("to_q", "to_k", "to_v", "to_out")) for n in s1)
     assert all("temporal_attention" in n for n in s2)

@@ -13,6 +13,7 @@ from edit_your_motion.motion_core.video_model.model import MotionModel
 from edit_your_motion.motion_core.video_model.motion_attention import (
     AdaptedResidual, MotionAttention, check_consumed, residual_channels,
 )
+from edit_your_motion.motion_core.method.stages import stage_parameter_names
 
 
 def _pair(mode="bidirectional", seed=0):
@@ -76,7 +77,7 @@ def test_one_module_per_controlnet_residual():
     assert model.attention_mode == "bidirectional" and model.method == "eym_v2"
     names = model.part_parameter_names()["motion_attention"]
     assert names and all(n.startswith("motion_attention.") for n in names)
-    assert set(names) <= set(model.stage_parameter_names(1)) & set(model.stage_parameter_names(2))
+    assert set(names) <= set(stage_parameter_names(model, 1)) & set(stage_parameter_names(model, 2))
 
 
 def test_init_is_deterministic_and_independent_of_the_global_rng():

@@ -10,6 +10,7 @@ from edit_your_motion.motion_core.errors import InputError, ModelError
 from edit_your_motion.motion_core.testing import tiny
 from edit_your_motion.motion_core.testing.synthetic import frames_to_latents, make_clip
 from edit_your_motion.nodes import inference_nodes, later_version_nodes as v2, model_nodes, tuning_nodes
+from edit_your_motion.motion_core.method.stages import stage_parameter_names
 
 pytestmark = pytest.mark.usefixtures("comfy_inference_mode")
 
@@ -67,7 +68,7 @@ def test_stl_nodes_train_their_tensors_and_never_mutate_inputs(data):
     model = base.engine.model
     h1 = stl1(data, base)
     h2 = stl2(data, h1)
-    s1, s2 = set(model.stage_parameter_names(1)), set(model.stage_parameter_names(2))
+    s1, s2 = set(stage_parameter_names(model, 1)), set(stage_parameter_names(model, 2))
     assert set(h1.state) == s1 and set(h2.state) == s1 | s2 and h2.steps == {1: 2, 2: 2}
     ma = {k for k in s1 if k.startswith("motion_attention.")}
     assert ma and ma <= s2

@@ -15,6 +15,7 @@ from edit_your_motion.nodes.handle import MotionHandle, activated
 from edit_your_motion.motion_core.method.ddim import ddim_invert
 from edit_your_motion.motion_core.method.frames import poses_to_condition
 from edit_your_motion.motion_core.method.sampler import SamplerConfig, two_branch_sample
+from edit_your_motion.motion_core.method.stages import stage_parameter_names
 
 pytestmark = pytest.mark.usefixtures("comfy_inference_mode")  # as ComfyUI runs nodes
 
@@ -83,7 +84,7 @@ def test_tuning_returns_new_handles_and_never_mutates_inputs(data):
     h2 = stage2(data, h1)
     assert base.state is None and set(h1.steps) == {1} and h2.steps == {1: 2, 2: 2}
     engine = base.engine
-    s1, s2 = set(engine.model.stage_parameter_names(1)), set(engine.model.stage_parameter_names(2))
+    s1, s2 = set(stage_parameter_names(engine.model, 1)), set(stage_parameter_names(engine.model, 2))
     assert set(h1.state) == s1 and set(h2.state) == s1 | s2
     assert all(torch.equal(h1.state[k], h2.state[k]) for k in s1)  # stage 2 leaves RC-Attn alone
     # re-running stage 1 from the same base handle starts from the base weights, not from h1
@@ -242,7 +243,7 @@ def test_bf16_weights_run_the_whole_node_chain(data, models_dir):
     assert all(v.dtype == torch.float32 for v in h2.state.values())
     # the handle keeps float32 masters: continuing stage 1 at the smallest learning rate moves them by
     # about 1e-7, far less than their bf16 rounding (up to 1e-3 here)
-    s1 = base.engine.model.stage_parameter_names(1)
+    s1 = stage_parameter_names(base.engine.model, 1)
     more = stage1(data, h2, steps=1, learning_rate=1e-7)
     assert max((more.state[k] - h2.state[k]).abs().max().item() for k in s1) < 1e-5
     # saved and loaded as float32 masters

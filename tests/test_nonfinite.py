@@ -13,9 +13,11 @@ from safetensors.torch import save_file
 from edit_your_motion.motion_core.errors import InputError, ModelError
 from edit_your_motion.motion_core.method.ddim import ddim_invert, ddim_sample
 from edit_your_motion.motion_core.method.sampler import SamplerConfig, two_branch_sample
-from edit_your_motion.motion_core.method.tuner import TuneConfig, tune_stage1, tune_stage2
+from edit_your_motion.motion_core.method.dpl import tune_stage1, tune_stage2
+from edit_your_motion.motion_core.method.tuner import TuneConfig
 from edit_your_motion.motion_core.testing import tiny
 from edit_your_motion.motion_core.video_model import weights
+from edit_your_motion.motion_core.method.stages import stage_parameter_names
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,7 @@ def test_diverging_stage_stops_at_the_first_nonfinite_loss_and_restores_weights(
     trained tensor is put back as it was before the stage."""
     model = tiny.build_motion_model()
     before = model.tuned_state()
-    name = model.stage_parameter_names(2)[0]
+    name = stage_parameter_names(model, 2)[0]
     param = dict(model.unet.named_parameters())[name]
     seen = []
 
@@ -108,7 +110,7 @@ def test_overflowing_output_is_refused(inputs):
 
 def test_save_refuses_and_load_refuses_nonfinite_tensors(tmp_path):
     model = tiny.build_motion_model()
-    state = model.tuned_state((1,))
+    state = model.tuned_state(stage_parameter_names(model, 1))
     name = next(iter(state))
     bad = dict(state)
     bad[name] = _nan_at(state[name], (0, 0))

@@ -7,7 +7,8 @@ from diffusers import DDIMScheduler
 from edit_your_motion.motion_core.testing import tiny
 from edit_your_motion.motion_core.method.ddim import ddim_sample
 from edit_your_motion.motion_core.errors import InputError
-from edit_your_motion.motion_core.method.sampler import SamplerConfig, injection_active, step_generator, two_branch_sample
+from edit_your_motion.motion_core.method.sampler import SamplerConfig, injection_active, two_branch_sample
+from edit_your_motion.motion_core.seeding import step_generator
 from edit_your_motion.motion_core.video_model.attention import UNET_PARTS
 
 

@@ -11,6 +11,7 @@ from edit_your_motion.motion_core.method.tuner import TuneConfig, reconstruction
 from edit_your_motion.motion_core.testing import tiny
 from edit_your_motion.motion_core.testing.synthetic import frames_to_latents, make_clip
 from edit_your_motion.motion_core.video_model.model import MotionModel
+from edit_your_motion.motion_core.method.stages import stage_parameter_names
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_stl_stages_train_exactly_their_tensors(clip, stage):
     model = v2_model()
     parts = model.part_parameter_names()
     want = (parts["temporal"] if stage == 1 else parts["attn1"]) + parts["motion_attention"]
-    assert sorted(model.stage_parameter_names(stage)) == sorted(want)
+    assert sorted(stage_parameter_names(model, stage)) == sorted(want)
     before = _snapshot(model)
     run = stl.tune_stl_stage1 if stage == 1 else stl.tune_stl_stage2
     res = run(model, clip["masked"] if stage == 1 else clip["latents"], clip["ps"], clip["poses"],
@@ -66,7 +67,7 @@ def test_stl_stages_train_exactly_their_tensors(clip, stage):
 
 def test_stl_keeps_frames_in_order_and_uses_the_plain_loss(clip, monkeypatch):
     """Both stages: no shuffling even if asked (per_step), no noise constraint loss (Eq. 16)."""
-    from edit_your_motion.motion_core.method import tuner
+    from edit_your_motion.motion_core.method import dpl, tuner
 
     model = v2_model()
     orders, rec = [], []
@@ -77,7 +78,7 @@ def test_stl_keeps_frames_in_order_and_uses_the_plain_loss(clip, monkeypatch):
         return real_predict(*args, **kw)
 
     monkeypatch.setattr(model, "predict", spy)
-    monkeypatch.setattr(tuner, "noise_constraint_loss", lambda p: pytest.fail("STL has no noise constraint loss"))
+    monkeypatch.setattr(dpl, "noise_constraint_loss", lambda p: pytest.fail("STL has no noise constraint loss"))
     monkeypatch.setattr(tuner, "reconstruction_loss", lambda p, e: rec.append(reconstruction_loss(p, e)) or rec[-1])
     cfg = TuneConfig(steps=2, shuffle="per_step", lam=0.3)
     r1 = stl.tune_stl_stage1(model, clip["masked"], clip["ps"], clip["poses"], cfg)
@@ -114,7 +115,7 @@ def test_variants_build_the_right_models():
         eym_v2.check_model(model, name)
     no_ma = v2_model("eym_v2_without_ma", open_outputs=False)
     assert not no_ma.part_parameter_names()["motion_attention"]
-    assert sorted(no_ma.stage_parameter_names(1)) == sorted(no_ma.part_parameter_names()["temporal"])
+    assert sorted(stage_parameter_names(no_ma, 1)) == sorted(no_ma.part_parameter_names()["temporal"])
     with pytest.raises(InputError, match="build_v2_model"):
         eym_v2.check_model(no_ma, "eym_v2")
     with pytest.raises(InputError, match="variant must be"):
@@ -163,7 +164,7 @@ def test_trains_when_inputs_and_storage_come_from_inference_mode(clip):
 
 
 def test_parameters_must_be_tunable(clip):
-    from edit_your_motion.motion_core.method.tuner import tune_stage
+    from edit_your_motion.motion_core.method.stages import tune_stage
 
     model = v2_model(open_outputs=False)
     with pytest.raises(InputError, match="parameters"):
@@ -175,5 +176,5 @@ def test_first_version_stages_are_unchanged():
     model = tiny.build_motion_model()
     parts = model.part_parameter_names()
     assert model.method == "eym_v1" and not parts["motion_attention"]
-    assert model.stage_parameter_names(1) == parts["attn1"] and model.stage_parameter_names(2) == parts["temporal"]
+    assert stage_parameter_names(model, 1) == parts["attn1"] and stage_parameter_names(model, 2) == parts["temporal"]
     assert MotionModel.from_unet(tiny.build_unet()).attention_mode == "rc"

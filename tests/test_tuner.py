@@ -7,9 +7,9 @@ from edit_your_motion.motion_core.testing import tiny
 from edit_your_motion.motion_core.errors import InputError
 from edit_your_motion.motion_core.testing.synthetic import frames_to_latents, make_clip
 from edit_your_motion.motion_core.method.frames import apply_background_mask, poses_to_condition
-from edit_your_motion.motion_core.method.tuner import (
-    TuneConfig, noise_constraint_loss, reconstruction_loss, tune_stage, tune_stage1, tune_stage2,
-)
+from edit_your_motion.motion_core.method.dpl import noise_constraint_loss, tune_stage1, tune_stage2
+from edit_your_motion.motion_core.method.stages import stage_parameter_names, tune_stage
+from edit_your_motion.motion_core.method.tuner import TuneConfig, reconstruction_loss
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_only_the_stage_parameters_change(clip, stage):
     before = _snapshot(model)
     lat = clip["masked"] if stage == 1 else clip["latents"]
     tune_stage(model, stage, lat, clip["emb"], clip["poses"], TuneConfig(steps=2, learning_rate=1e-2))
-    intended = {"unet." + n for n in model.stage_parameter_names(stage)}
+    intended = {"unet." + n for n in stage_parameter_names(model, stage)}
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed <= intended
     assert len(changed) >= 0.9 * len(intended)
@@ -61,13 +61,13 @@ def test_noise_constraint_loss_equals_its_formula():
 def test_stage2_objective_is_the_weighted_sum(clip, monkeypatch):
     """Stage 2 minimises (1 - lambda) L_noise + lambda L_rec: with lambda = 1 the reported loss is
     L_rec alone, with lambda = 0 it is L_noise alone (same seed, same first step)."""
-    from edit_your_motion.motion_core.method import tuner
+    from edit_your_motion.motion_core.method import dpl
 
     seen = {}
-    real_noise = tuner.noise_constraint_loss
-    real_rec = tuner.reconstruction_loss
-    monkeypatch.setattr(tuner, "noise_constraint_loss", lambda p: seen.setdefault("noise", real_noise(p)))
-    monkeypatch.setattr(tuner, "reconstruction_loss", lambda p, e: seen.setdefault("rec", real_rec(p, e)))
+    real_noise = dpl.noise_constraint_loss
+    real_rec = dpl.reconstruction_loss
+    monkeypatch.setattr(dpl, "noise_constraint_loss", lambda p: seen.setdefault("noise", real_noise(p)))
+    monkeypatch.setattr(dpl, "reconstruction_loss", lambda p, e: seen.setdefault("rec", real_rec(p, e)))
     for lam in (0.0, 0.3, 1.0):
         seen.clear()
         model = tiny.build_motion_model()
@@ -230,3 +230,76 @@ def test_half_precision_storage_is_kept_after_tuning(clip):
     res = tune_stage1(model, clip["masked"], clip["emb"], clip["poses"], TuneConfig(steps=1, precision="bf16"))
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
     assert all(v.dtype == torch.float32 for v in res.state.values())
+
+
+def test_each_stage_is_a_recipe_of_its_method():
+    """The stages as data (papers: DPL Sec. 3.3, STL Sec. III-D), looked up by the model's method."""
+    from edit_your_motion.motion_core.method import dpl, stl
+    from edit_your_motion.motion_core.method.stages import stage_recipe
+
+    want = {  # method, stage: parts, shuffled, masked, prompt
+        ("eym_v1", 1): (("attn1",), True, True, "content"),
+        ("eym_v1", 2): (("temporal",), False, False, "source"),
+        ("eym_v2", 1): (("temporal", "motion_attention"), False, True, "source"),
+        ("eym_v2", 2): (("attn1", "motion_attention"), False, False, "source"),
+    }
+    for (method, stage), fields in want.items():
+        r = stage_recipe(method, stage)
+        assert (r.parts, r.shuffle, r.masked, r.prompt) == fields and (r.method, r.stage) == (method, stage)
+    assert stage_recipe("eym_v1", 2) is dpl.STAGE2 and stage_recipe("eym_v2", 1) is stl.STAGE1
+    with pytest.raises(InputError, match="stage must be 1 or 2"):
+        stage_recipe("eym_v1", 3)
+
+
+def test_the_loop_imports_no_method():
+    import ast
+    from pathlib import Path
+
+    from edit_your_motion.motion_core.method import tuner
+
+    tree = ast.parse(Path(tuner.__file__).read_text())
+    imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not {m for m in imported if any(k in m for k in ("dpl", "stl", "stages", "eym_v2", "sampler"))}
+
+
+def test_a_recipe_refuses_a_model_of_the_other_method(clip):
+    from edit_your_motion.motion_core.method import stl
+    from edit_your_motion.motion_core.method.tuner import tune
+
+    model = tiny.build_motion_model()
+    with pytest.raises(InputError, match="STL stage 1 tunes a video model built for eym_v2; this one is built for eym_v1"):
+        tune(model, stl.STAGE1, clip["masked"], clip["emb"], clip["poses"], TuneConfig(steps=1))
+
+
+def test_the_engine_tunes_a_model_built_under_inference_mode(clip):
+    """A library caller inside torch.inference_mode() (as ComfyUI runs nodes), model built there too,
+    gets exactly what a caller outside it gets (same ops in the same order)."""
+    outside = tiny.build_motion_model()
+    want = tune_stage1(outside, clip["masked"], clip["emb"], clip["poses"], TuneConfig(steps=2, learning_rate=1e-3))
+    with torch.inference_mode():
+        model = tiny.build_motion_model()
+        got = tune_stage1(model, clip["masked"], clip["emb"], clip["poses"], TuneConfig(steps=2, learning_rate=1e-3))
+    assert got.losses == want.losses
+    assert all(torch.equal(got.state[k], want.state[k]) for k in want.state)
+
+
+def test_run_v1_is_the_chain_of_its_parts(clip):
+    """The one-call first-version edit equals stage 1, stage 2, inversion and two-branch sampling
+    called one by one (exactly: the same ops in the same order)."""
+    from edit_your_motion.motion_core.method.ddim import ddim_invert
+    from edit_your_motion.motion_core.method.dpl import run_v1
+    from edit_your_motion.motion_core.method.sampler import SamplerConfig, two_branch_sample
+
+    ref_poses = clip["poses"].flip(0)
+    pt = tiny.encode_prompt("a person in a green shirt is walking")
+    cfg, sampler = TuneConfig(steps=2, learning_rate=1e-3), SamplerConfig(num_steps=3)
+    got = run_v1(tiny.build_motion_model(), clip["latents"], clip["masked"], clip["poses"], ref_poses, clip["emb"],
+                 clip["emb"], pt, cfg, stage_steps=(2, 1), sampler=sampler)
+    model = tiny.build_motion_model()
+    tune_stage1(model, clip["masked"], clip["emb"], clip["poses"], TuneConfig(steps=2, learning_rate=1e-3))
+    tune_stage2(model, clip["latents"], clip["emb"], clip["poses"], TuneConfig(steps=1, learning_rate=1e-3))
+    z_t = ddim_invert(model, clip["latents"], clip["emb"], clip["poses"], num_steps=3)
+    want = two_branch_sample(model, z_t, clip["emb"], pt, clip["poses"], ref_poses, sampler)
+    assert [len(s.losses) for s in got.stages] == [2, 1]
+    assert torch.equal(got.inverted, z_t) and torch.equal(got.edited, want.edited)
+    assert torch.equal(got.reconstruction, want.reconstruction)

@@ -9,12 +9,13 @@ from safetensors import safe_open
 from edit_your_motion.motion_core.testing import tiny
 from edit_your_motion.motion_core.video_model import weights
 from edit_your_motion.motion_core.errors import InputError, ModelError
+from edit_your_motion.motion_core.method.stages import stage_parameter_names
 
 
 def _tuned_model(seed=0, mode="rc"):
     model = tiny.build_motion_model(seed=seed, attention_mode=mode)
     with torch.no_grad():
-        for n in model.stage_parameter_names(1) + model.stage_parameter_names(2):
+        for n in stage_parameter_names(model, 1) + stage_parameter_names(model, 2):
             dict(model.unet.named_parameters())[n].add_(0.01)
     return model
 
@@ -38,7 +39,7 @@ def test_round_trip_with_metadata(tmp_path):
 
 def test_refuses_another_base_model(tmp_path):
     model = _tuned_model(seed=0)
-    path = weights.save_tuned_weights(tmp_path / "a.safetensors", model, model.tuned_state((1,)), {1: 10})
+    path = weights.save_tuned_weights(tmp_path / "a.safetensors", model, model.tuned_state(stage_parameter_names(model, 1)), {1: 10})
     with pytest.raises(ModelError, match="different base checkpoint"):
         weights.load_tuned_weights(path, tiny.build_motion_model(seed=7))
 
@@ -76,7 +77,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 
 def test_overwrite_is_atomic(tmp_path, monkeypatch):
     model = _tuned_model()
-    path = weights.save_tuned_weights(tmp_path / "x.safetensors", model, model.tuned_state((1,)), {1: 1})
+    path = weights.save_tuned_weights(tmp_path / "x.safetensors", model, model.tuned_state(stage_parameter_names(model, 1)), {1: 1})
     old = path.read_bytes()
     monkeypatch.setattr(weights, "save_file", lambda *a, **k: (_ for _ in ()).throw(OSError("no space")))
     with pytest.raises(OSError):
@@ -106,7 +107,7 @@ def test_saved_file_has_ordinary_permissions(tmp_path):
     import os
 
     model = _tuned_model()
-    path = weights.save_tuned_weights(tmp_path / "p.safetensors", model, model.tuned_state((1,)), {1: 1})
+    path = weights.save_tuned_weights(tmp_path / "p.safetensors", model, model.tuned_state(stage_parameter_names(model, 1)), {1: 1})
     umask = os.umask(0)
     os.umask(umask)
     assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)

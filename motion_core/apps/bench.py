@@ -56,7 +56,8 @@ from ..method.ddim import ddim_invert
 from ..method.sampler import SamplerConfig, two_branch_sample
 from ..method.single_branch import single_branch_sample
 from ..testing.tiny import build_motion_model, build_unet
-from ..method.tuner import TuneConfig, tune_stage
+from ..method.stages import tune_stage
+from ..method.tuner import TuneConfig
 
 aten = torch.ops.aten
 
@@ -229,10 +230,7 @@ def build(args, method: str = "eym_v1") -> tuple:
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     with torch.device(device):  # initialise SD1.5-size random weights on the GPU directly
-        model = build_motion_model(args.size, seed=0)
-        if method == "eym_v2":
-            model.add_motion_attention()
-            model.set_attention_mode("bidirectional")
+        model = build_motion_model(args.size, attention_mode=None, seed=0, method=method)
     if precision != "fp32":
         model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
     model.compute_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

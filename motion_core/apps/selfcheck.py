@@ -26,7 +26,8 @@ from ..pose import align_skeletons, person_masks_from_keypoints, render_pose_ima
 from ..method.sampler import SamplerConfig, two_branch_sample
 from ..testing.synthetic import frames_to_latents, latents_to_frames, make_clip
 from ..testing.tiny import build_motion_model, encode_prompt
-from ..method.tuner import TuneConfig, tune_stage1, tune_stage2
+from ..method.dpl import tune_stage1, tune_stage2
+from ..method.tuner import TuneConfig
 from ..video_model.weights import load_tuned_weights, save_tuned_weights
 
 BANNER = (

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError, check_frame_counts, check_masks
+from ..seeding import step_generator
 
 log = logging.getLogger("edit_your_motion")
 
@@ -24,10 +25,11 @@ def _same_aspect(h: int, w: int, height: int, width: int) -> bool:
 
 
 def shuffle_permutation(num_frames: int, seed: int) -> torch.Tensor:
-    """A seeded random order of ``num_frames`` frames (same seed, same order, on any device)."""
+    """A seeded random order of ``num_frames`` frames (same seed, same order, on any device): the
+    order stage 1 trains on with ``shuffle="fixed"``, drawn as step -1 of the seed's stream."""
     if num_frames < 1:
         raise InputError(f"num_frames must be >= 1; got {num_frames}")
-    return torch.randperm(num_frames, generator=torch.Generator().manual_seed(int(seed)))
+    return torch.randperm(num_frames, generator=step_generator(seed, -1))
 
 
 def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,6 @@ laid out as ``[recon(uncond), recon(cond), edit(uncond), edit(cond)]``.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +35,7 @@ import torch
 from ..video_model.attention import INJECTION_MODES, UNET_PARTS
 from ..method.ddim import ProgressCallback, check_inputs_finite, check_output_finite, ddim_schedule, ddim_step
 from ..errors import InputError, check_frame_counts, check_latent_size
+from ..seeding import step_generator
 from ..video_model.model import MotionModel, match_token_lengths, to_device
 
 
@@ -77,14 +77,6 @@ class SampleResult:
     edited: torch.Tensor
     reconstruction: torch.Tensor
     injected_steps: list[int] = field(default_factory=list)
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The generator of the fresh noise of sampling step ``step``: seeded from a hash of
-    ``(seed, step)``, so every seed ComfyUI allows (up to 2**64 - 1) works and neighbouring seeds
-    give unrelated noise."""
-    digest = hashlib.sha256(f"{int(seed)}:{int(step)}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") % 2**63)
 
 
 def injection_active(step: int, num_steps: int, start: float, end: float) -> bool:

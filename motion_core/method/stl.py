@@ -8,9 +8,9 @@ STL reverses the emphasis of the first version's DPL:
   RCA (the spatial self-attention ``attn1`` in the ``bidirectional`` mode) and Motion Attention.
 
 Both stages minimise the plain noise-prediction loss ``||eps - eps_theta||^2`` (Eq. 16); 300 steps
-each is the paper's best setting (Table V). Both run through :func:`~motion_core.method.tuner.tune_stage`
-(same loop, precision handling, resumption and cancellation as DPL); an ``eym_v2`` model makes it
-pick STL's trained tensors, order and loss.
+each is the paper's best setting (Table V). They are recipes (:data:`STAGE1`, :data:`STAGE2`) run by
+the generic loop :func:`~motion_core.method.tuner.tune` (same loop, precision handling, resumption
+and cancellation as DPL).
 
 The paper does not name the prompt of either stage. We use the source prompt ``P_s`` in both: the
 frames are shown in order, so the motion the prompt names is there to learn (the first version
@@ -25,27 +25,23 @@ budget (stage 1 + stage 2 steps) and the same loss.
 
 from __future__ import annotations
 
-import dataclasses
 
 import torch
 
-from ..errors import InputError
 from ..video_model.model import MotionModel
-from .tuner import StageResult, StepCallback, TuneConfig, tune_stage
+from .tuner import StageRecipe, StageResult, StepCallback, TuneConfig, plain_loss, tune
 
 STL_STEPS = 300
 
-
-def _check_v2(model: MotionModel) -> None:
-    if model.method != "eym_v2":
-        raise InputError(
-            f"STL tunes the later version's video model (method eym_v2); this one is built for {model.method}. "
-            "Load the video model with method eym_v2, or use the first version's Stage 1 / Stage 2 tuning"
-        )
+STAGE1 = StageRecipe(method="eym_v2", stage=1, name="STL stage 1", parts=("temporal", "motion_attention"),
+                     shuffle=False, masked=True, prompt="source", loss=plain_loss)
+STAGE2 = StageRecipe(method="eym_v2", stage=2, name="STL stage 2", parts=("attn1", "motion_attention"),
+                     shuffle=False, masked=False, prompt="source", loss=plain_loss)
+STAGES = (STAGE1, STAGE2)
 
 
-def _ordered(config: TuneConfig | None) -> TuneConfig:
-    return dataclasses.replace(config or TuneConfig(steps=STL_STEPS), shuffle="none")
+def _config(config: TuneConfig | None) -> TuneConfig:
+    return config or TuneConfig(steps=STL_STEPS)
 
 
 def tune_stl_stage1(model: MotionModel, masked_latents: torch.Tensor, text_embeddings: torch.Tensor,
@@ -53,16 +49,14 @@ def tune_stl_stage1(model: MotionModel, masked_latents: torch.Tensor, text_embed
                     callback: StepCallback | None = None) -> StageResult:
     """STL stage 1: background-masked latents ``(n, 4, h, w)`` in order; trains temporal attention +
     Motion Attention; loss Eq. 16. ``text_embeddings`` ``(1, tokens, dim)`` (we use ``P_s``)."""
-    _check_v2(model)
-    return tune_stage(model, 1, masked_latents, text_embeddings, poses, _ordered(config), callback)
+    return tune(model, STAGE1, masked_latents, text_embeddings, poses, _config(config), callback)
 
 
 def tune_stl_stage2(model: MotionModel, latents: torch.Tensor, text_embeddings: torch.Tensor,
                     poses: torch.Tensor | None, config: TuneConfig | None = None,
                     callback: StepCallback | None = None) -> StageResult:
     """STL stage 2: unmasked latents in order; trains RCA (``attn1``) + Motion Attention; loss Eq. 16."""
-    _check_v2(model)
-    return tune_stage(model, 2, latents, text_embeddings, poses, _ordered(config), callback)
+    return tune(model, STAGE2, latents, text_embeddings, poses, _config(config), callback)
 
 
 def tune_without_stl(model: MotionModel, latents: torch.Tensor, text_embeddings: torch.Tensor,
@@ -71,6 +65,5 @@ def tune_without_stl(model: MotionModel, latents: torch.Tensor, text_embeddings:
     """The "w/o STL" ablation: one stage on the unmasked, ordered latents training temporal
     attention, RCA and Motion Attention together (loss Eq. 16). Give it ``config.steps`` = the two
     stages' total (600 for the paper's 300 + 300). The result is labelled stage 2."""
-    _check_v2(model)
-    return tune_stage(model, 2, latents, text_embeddings, poses, _ordered(config), callback,
-                      parameters=model.trainable_parameter_names())
+    names = list(dict.fromkeys(STAGE1.parameter_names(model) + STAGE2.parameter_names(model)))
+    return tune(model, STAGE2, latents, text_embeddings, poses, _config(config), callback, parameters=names)

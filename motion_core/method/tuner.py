@@ -1,20 +1,16 @@
-"""Detailed Prompt-Guided Learning (DPL): the two tuning stages of Edit-Your-Motion.
+"""The tuning loop: one generic loop that runs a stage recipe on a video model.
 
-Stage 1 (spatial/content): shuffled, background-masked frames, content prompt ``P_c``; trains the
-RC-Attn projections (``attn1``: to_q, to_k, to_v, to_out) only; loss ``L_rec``.
+A :class:`StageRecipe` is a stage as data: which parts of the video model it trains, whether the
+frames are shuffled and whether they are background-masked, which prompt it takes and its loss.
+Each method's stages are recipes in its own module: the first version's DPL in
+:mod:`motion_core.method.dpl`, the later version's STL in :mod:`motion_core.method.stl`;
+:mod:`motion_core.method.stages` picks a model's recipe by its method. This module imports no method.
 
-Stage 2 (temporal): ordered, unmasked frames, source prompt ``P_s``; trains the temporal attention
-layers only; loss ``(1 - lambda) * L_noise + lambda * L_rec``, lambda = 0.9.
-
-On an ``eym_v2`` model (the later version) the same function runs the stages of STL instead (see
-:mod:`motion_core.method.stl`): the model's :meth:`~MotionModel.stage_parameter_names` give the
-trained tensors, frames stay in order in both stages and the loss is ``L_rec`` alone (Eq. 16).
-
-Masking commutes with shuffling and VAE encoding works frame by frame, so stage 1 takes the
-*encoded masked* latents once and permutes latents and poses together at every step: the same as
+Masking commutes with shuffling and VAE encoding works frame by frame, so a shuffled stage takes the
+*encoded* (masked) latents once and permutes latents and poses together at every step: the same as
 shuffling the frames, masks and skeletons and encoding them again, without a VAE in the loop.
 
-Randomness (order, timestep, noise) of step ``k`` comes from a generator seeded with
+Randomness (order, timestep, noise) of step ``k`` comes from :func:`~motion_core.seeding.step_generator`
 ``(seed, k)``, so a stage resumed at ``start_step`` draws what an uninterrupted run would have drawn
 (the AdamW moments restart).
 """
@@ -29,11 +25,12 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from diffusers import DDPMScheduler
 
 from ..errors import InputError, ModelError, check_finite, check_frame_counts, check_latent_size, nonfinite_tensors
-from ..video_model.attention import AttentionPlan
-from ..method.frames import check_permutation
+from ..method.frames import check_permutation, shuffle_permutation
+from ..seeding import step_generator
 from ..video_model.model import MotionModel, to_device
 
 log = logging.getLogger("edit_your_motion")
@@ -76,6 +73,35 @@ class TuneConfig:
             raise InputError(f"start_step must be >= 0; got {self.start_step}")
 
 
+#: ``loss(pred, noise, config)``: the stage's training loss from the noise prediction ``pred`` and
+#: the true noise, both ``(n, 4, h, w)`` with the frames in the order the model saw them.
+StageLoss = Callable[[torch.Tensor, torch.Tensor, "TuneConfig"], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StageRecipe:
+    """One tuning stage of a method, as data.
+
+    ``parts`` name :meth:`MotionModel.part_parameter_names` entries (``attn1``, ``temporal``,
+    ``motion_attention``); ``shuffle``: the frames are shown in a random order (``TuneConfig.shuffle``
+    says how), else in their order; ``masked``: the stage learns from background-masked frames (the
+    caller passes their latents); ``prompt``: ``content`` (``P_c``) or ``source`` (``P_s``).
+    """
+
+    method: str
+    stage: int
+    name: str
+    parts: tuple[str, ...]
+    shuffle: bool
+    masked: bool
+    prompt: str
+    loss: StageLoss
+
+    def parameter_names(self, model: MotionModel) -> list[str]:
+        parts = model.part_parameter_names()
+        return [n for part in self.parts for n in parts[part]]
+
+
 @dataclass
 class StageResult:
     stage: int
@@ -89,18 +115,9 @@ def reconstruction_loss(pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor
     return F.mse_loss(pred.float(), noise.float())
 
 
-def noise_constraint_loss(pred: torch.Tensor) -> torch.Tensor:
-    """``L_noise = 1/(n-1) * sum_i ||eps_theta(z^{f_i}) - eps_theta(z^{f_{i+1}})||^2`` over the
-    ``n`` frames of one clip, each squared norm taken as a mean over elements (the scale of
-    ``L_rec``). Zero for a single frame."""
-    if pred.shape[0] < 2:
-        return pred.sum() * 0.0
-    diff = (pred[1:] - pred[:-1]).float()
-    return diff.pow(2).flatten(1).mean(1).mean()
-
-
-def _step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63 - 1))
+def plain_loss(pred: torch.Tensor, noise: torch.Tensor, config: TuneConfig) -> torch.Tensor:
+    """A recipe's loss that is ``L_rec`` alone."""
+    return reconstruction_loss(pred, noise)
 
 
 @contextmanager
@@ -153,26 +170,28 @@ def _training_mode(model: MotionModel, names: list[str], config: TuneConfig):
         model.unet.eval()
 
 
-def tune_stage(model: MotionModel, stage: int, latents: torch.Tensor, text_embeddings: torch.Tensor,
-               poses: torch.Tensor | None, config: TuneConfig | None = None,
-               callback: StepCallback | None = None, permutation: torch.Tensor | None = None,
-               parameters: list[str] | None = None) -> StageResult:
-    """Run one stage of the model's method (DPL for eym_v1, STL for eym_v2) on ``model`` in place
-    and return the losses and the trained tensors.
+def tune(model: MotionModel, recipe: StageRecipe, latents: torch.Tensor, text_embeddings: torch.Tensor,
+         poses: torch.Tensor | None, config: TuneConfig | None = None, callback: StepCallback | None = None,
+         permutation: torch.Tensor | None = None, parameters: list[str] | None = None) -> StageResult:
+    """Run ``recipe`` on ``model`` in place and return the losses and the trained tensors.
 
-    ``latents``: scaled VAE latents ``(n, 4, h, w)`` (stage 1: of the background-masked frames,
-    in their original order); ``text_embeddings``: ``(1, tokens, dim)`` of ``P_c`` (stage 1) or
-    ``P_s`` (stage 2); ``poses``: ControlNet hints ``(n, 3, 8h, 8w)`` of the source skeletons, or
-    None to tune without ControlNet; ``permutation`` (stage 1 of the first version): a fixed frame
-    order, used with ``shuffle`` ``fixed`` or ``per_step`` (it replaces the per-step orders) and
-    refused with ``none``; without it, ``fixed`` uses a seeded order; ``parameters``: UNet parameter
-    names to train instead of the stage's (e.g. every trainable tensor at once, for the later
-    version's "without STL" ablation).
+    ``latents``: scaled VAE latents ``(n, 4, h, w)`` in their original order (of the
+    background-masked frames where ``recipe.masked``); ``text_embeddings``: ``(1, tokens, dim)`` of
+    the recipe's prompt; ``poses``: ControlNet hints ``(n, 3, 8h, 8w)`` of the source skeletons, or
+    None to tune without ControlNet; ``permutation`` (a shuffled recipe only): a fixed frame order,
+    used with ``shuffle`` ``fixed`` or ``per_step`` (it replaces the per-step orders) and refused
+    with ``none``; without it, ``fixed`` uses a seeded order; ``parameters``: UNet parameter names
+    to train instead of the recipe's (e.g. every trainable tensor at once, for the later version's
+    "without STL" ablation).
     """
     config = config or TuneConfig()
     config.validate()
-    if stage not in (1, 2):
-        raise InputError(f"stage must be 1 or 2; got {stage}")
+    if model.method != recipe.method:
+        raise InputError(
+            f"{recipe.name} tunes a video model built for {recipe.method}; this one is built for {model.method}. "
+            f"Load the video model with method {recipe.method}, or tune it with {model.method}'s own stages"
+        )
+    stage = recipe.stage
     check_latent_size("latents", latents, model.unet.config.in_channels)
     n = check_frame_counts(latents=latents, poses=poses)
     if poses is not None and poses.shape[-2:] != (latents.shape[-2] * 8, latents.shape[-1] * 8):
@@ -191,10 +210,11 @@ def tune_stage(model: MotionModel, stage: int, latents: torch.Tensor, text_embed
         )
     for name, value in (("latents", latents), ("poses", poses), ("text_embeddings", text_embeddings)):
         check_finite(name, value)
-    shuffle = config.shuffle if stage == 1 and model.method == "eym_v1" else "none"  # STL keeps frames in order
+    shuffle = config.shuffle if recipe.shuffle else "none"
     if permutation is not None:  # a given order always means that fixed order (README)
-        if stage != 1:
-            raise InputError("a permutation applies to stage 1 only; stage 2 trains on the frames in their original order")
+        if not recipe.shuffle:
+            raise InputError(f"a permutation applies to shuffled stages only (the first version's stage 1 only); "
+                             f"{recipe.name} trains on the frames in their original order")
         if shuffle == "none":
             raise InputError("shuffle is 'none' (original order) but a permutation was given: disconnect the "
                              "permutation, or set shuffle to 'fixed' to train on its order")
@@ -204,11 +224,11 @@ def tune_stage(model: MotionModel, stage: int, latents: torch.Tensor, text_embed
             log.info("stage 1: a permutation was given, so the frames keep that fixed order instead of a fresh one per step")
             shuffle = "fixed"
     if shuffle == "fixed":
-        permutation = permutation if permutation is not None else torch.randperm(n, generator=_step_generator(config.seed, -1))
+        permutation = permutation if permutation is not None else shuffle_permutation(n, config.seed)
         check_permutation(permutation, n)
 
     device = model.device
-    names = list(parameters) if parameters is not None else model.stage_parameter_names(stage)
+    names = list(parameters) if parameters is not None else recipe.parameter_names(model)
     if not names or not set(names) <= set(model.trainable_parameter_names()):
         raise InputError("parameters must name tensors the video model can tune (see trainable_parameter_names)")
     result = StageResult(stage, config.steps)
@@ -222,25 +242,33 @@ def tune_stage(model: MotionModel, stage: int, latents: torch.Tensor, text_embed
         text_embeddings = text_embeddings.to(device, torch.float32).clone()
         if permutation is not None:
             permutation = permutation.clone()
-        plan = AttentionPlan(n, model.attention_mode, 1).to(device)
+        plan = model.plan(n)
         scheduler = DDPMScheduler.from_config(model.scheduler_config)
-        result = _train(model, stage, names, latents, text_embeddings, poses, config, callback, shuffle,
+        result = _train(model, recipe, names, latents, text_embeddings, poses, config, callback, shuffle,
                         permutation, plan, scheduler, result)
     model.keep_masters(result.state)  # a later stage or a resumed run starts from them
     return result
 
 
 def _normalise_storage(model: MotionModel) -> None:
+    """Replace inference tensors among the model's parameters and buffers (a model built or loaded
+    under ``torch.inference_mode()``, as ComfyUI runs nodes) by ordinary copies; call it outside
+    inference mode. A parameter object made in inference mode stays an inference tensor even when
+    its ``.data`` is swapped, so the object itself is replaced (no optimizer holds it yet)."""
     for module in model.modules():
-        for name, t in list(module._parameters.items()) + list(module._buffers.items()):
+        for name, t in list(module._parameters.items()):
             if t is not None and t.is_inference():
-                t.data = t.data.clone()
+                module._parameters[name] = nn.Parameter(t.detach().clone(), requires_grad=t.requires_grad)
+        for name, t in list(module._buffers.items()):
+            if t is not None and t.is_inference():
+                module._buffers[name] = t.clone()
 
 
-def _train(model, stage, names, latents, text_embeddings, poses, config, callback, shuffle, permutation, plan,
+def _train(model, recipe, names, latents, text_embeddings, poses, config, callback, shuffle, permutation, plan,
            scheduler, result) -> StageResult:
     device = model.device
     n = latents.shape[0]
+    stage = recipe.stage
     with _training_mode(model, names, config) as trained:
         optimizer = torch.optim.AdamW(
             trained, lr=config.learning_rate, weight_decay=config.weight_decay,
@@ -249,7 +277,7 @@ def _train(model, stage, names, latents, text_embeddings, poses, config, callbac
         scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
         pending = None
         for k in range(config.start_step, config.start_step + config.steps):
-            gen = _step_generator(config.seed, k)
+            gen = step_generator(config.seed, k)
             # Randomness is drawn on the host (same results on every device) and copied without
             # making the host wait for the GPU.
             order = torch.randperm(n, generator=gen) if shuffle == "per_step" else permutation
@@ -263,9 +291,7 @@ def _train(model, stage, names, latents, text_embeddings, poses, config, callbac
             zt = scheduler.add_noise(z0, noise, t)
             pred = model.predict(zt, t, text_embeddings, n, poses=poses, pose_order=order,
                                  control_scale=config.control_scale, plan=plan)
-            loss = reconstruction_loss(pred, noise)
-            if stage == 2 and model.method == "eym_v1":  # STL: L_rec alone (Eq. 16)
-                loss = (1 - config.lam) * noise_constraint_loss(pred) + config.lam * loss
+            loss = recipe.loss(pred, noise, config)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -307,17 +333,3 @@ def _check_loss(model, stage, names, step, value, config) -> None:
         f"restored to what they were before this stage. The inputs and weights are finite: lower learning_rate "
         f"(now {config.learning_rate:g}){hint}"
     )
-
-
-def tune_stage1(model: MotionModel, masked_latents: torch.Tensor, content_embeddings: torch.Tensor,
-                poses: torch.Tensor | None, config: TuneConfig | None = None, callback: StepCallback | None = None,
-                permutation: torch.Tensor | None = None) -> StageResult:
-    """Stage 1: shuffled, masked frames with the content prompt; trains RC-Attn (``attn1``)."""
-    return tune_stage(model, 1, masked_latents, content_embeddings, poses, config, callback, permutation)
-
-
-def tune_stage2(model: MotionModel, latents: torch.Tensor, source_embeddings: torch.Tensor,
-                poses: torch.Tensor | None, config: TuneConfig | None = None,
-                callback: StepCallback | None = None) -> StageResult:
-    """Stage 2: ordered, unmasked frames with the source prompt; trains the temporal layers."""
-    return tune_stage(model, 2, latents, source_embeddings, poses, config, callback)

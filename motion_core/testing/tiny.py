@@ -6,43 +6,13 @@ mid block, mirrored up blocks), with few channels. Nothing is downloaded.
 
 from __future__ import annotations
 
-import hashlib
 
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
-from ..video_model.model import SD15_BLOCK_OUT_CHANNELS, SD15_CROSS_ATTENTION_DIM, MotionModel
-
-SD15_DOWN = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
-SD15_UP = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
-
-
-def unet_config(size: str = "tiny") -> dict:
-    """diffusers UNet2DConditionModel config: ``tiny`` (CPU tests) or ``sd15`` (the real shape)."""
-    if size == "sd15":
-        return dict(
-            sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-            block_out_channels=SD15_BLOCK_OUT_CHANNELS, down_block_types=SD15_DOWN, up_block_types=SD15_UP,
-            cross_attention_dim=SD15_CROSS_ATTENTION_DIM, attention_head_dim=8, norm_num_groups=32,
-        )
-    if size == "small":
-        return dict(
-            sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
-            block_out_channels=(64, 128, 128, 128), down_block_types=SD15_DOWN, up_block_types=SD15_UP,
-            cross_attention_dim=128, attention_head_dim=4, norm_num_groups=32,
-        )
-    if size != "tiny":
-        raise ValueError(f"size must be tiny, small or sd15; got {size!r}")
-    return dict(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(16, 32, 32, 32), down_block_types=SD15_DOWN, up_block_types=SD15_UP,
-        cross_attention_dim=32, attention_head_dim=2, norm_num_groups=8,
-    )
-
-
-def controlnet_embedding_channels(size: str) -> tuple:
-    return (16, 32, 96, 256) if size == "sd15" else (8, 8, 16, 16)
-
+from ..seeding import name_generator
+from ..video_model.model import MotionModel
+from ..video_model.sd15 import controlnet_embedding_channels, unet_config  # noqa: F401  (tests build models by size)
 
 def build_unet(size: str = "tiny", seed: int = 0) -> UNet2DConditionModel:
     """Random weights from ``seed``; torch's global random state is left as it was (so building a
@@ -69,12 +39,13 @@ def build_controlnet(unet: UNet2DConditionModel, size: str = "tiny", seed: int =
     return controlnet
 
 
-def build_motion_model(size: str = "tiny", attention_mode: str = "rc", seed: int = 0,
-                       controlnet: bool = True) -> MotionModel:
-    """An inflated tiny (or SD1.5-shaped, random-weight) model with its ControlNet."""
+def build_motion_model(size: str = "tiny", attention_mode: str | None = "rc", seed: int = 0,
+                       controlnet: bool = True, method: str = "eym_v1") -> MotionModel:
+    """An inflated tiny (or SD1.5-shaped, random-weight) model with its ControlNet, for ``method``
+    (``eym_v2`` adds Motion Attention; ``attention_mode`` None takes the method's own)."""
     unet = build_unet(size, seed)
     cn = build_controlnet(unet, size, seed + 1) if controlnet else None
-    return MotionModel.from_unet(unet, cn, attention_mode=attention_mode)
+    return MotionModel.from_unet(unet, cn, attention_mode=attention_mode, method=method)
 
 
 def encode_prompt(prompt: str, dim: int = 32, tokens: int = 77) -> torch.Tensor:
@@ -86,8 +57,7 @@ def encode_prompt(prompt: str, dim: int = 32, tokens: int = 77) -> torch.Tensor:
     words = prompt.lower().replace(",", " ").replace(".", " ").split()[: tokens - 1]
     rows = [torch.zeros(dim)]
     for word in words:
-        seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
-        rows.append(torch.randn(dim, generator=torch.Generator().manual_seed(seed)))
+        rows.append(torch.randn(dim, generator=name_generator(word)))
     out = torch.zeros(tokens, dim)
     out[: len(rows)] = torch.stack(rows)
     # Later tokens carry a summary of the sentence, as CLIP's padding tokens do.

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from ..errors import InputError
+from ..seeding import name_generator
 
 ATTENTION_MODES = ("rc", "bidirectional", "sparse_causal", "self")
 INJECTION_MODES = ("concat", "balanced")
@@ -236,9 +236,8 @@ def seeded_linear_init_(weight: torch.Tensor, key: str) -> None:
     """``nn.Linear``'s default initialisation (uniform in +-1/sqrt(fan_in)) drawn on the host from a
     generator seeded with ``key``: the same values on every device, in every process, whatever
     torch's global random state is."""
-    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") % (2**63 - 1)
     bound = weight.shape[1] ** -0.5
-    values = torch.empty(weight.shape, dtype=torch.float32).uniform_(-bound, bound, generator=torch.Generator().manual_seed(seed))
+    values = torch.empty(weight.shape, dtype=torch.float32).uniform_(-bound, bound, generator=name_generator(key))
     with torch.no_grad():
         weight.copy_(values)
 

@@ -17,7 +17,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint, convert_ldm_unet_checkpoint
 
 from ..errors import InputError, ModelError
-from ..testing.tiny import controlnet_embedding_channels, unet_config
+from .sd15 import controlnet_embedding_channels, unet_config
 
 LDM_UNET_PREFIX = "model.diffusion_model."
 LDM_CONTROLNET_PREFIX = "control_model."

@@ -20,23 +20,9 @@ from torch import nn
 from ..video_model.attention import (
     ATTENTION_MODES, UNET_PARTS, AttentionPlan, FrameAttention, FrameAttnProcessor, FrameContext, TemporalAttention,
 )
-from ..video_model.motion_attention import MA_KEY, adapt_residuals, attach_motion_attention, check_consumed
+from ..video_model.motion_attention import MA_KEY, apply_motion_attention_at_skip_joins, attach_motion_attention, check_consumed
 from ..errors import InputError, ModelError
-
-#: Noise schedule of Stable Diffusion 1.5 (its ``scheduler_config.json``).
-SD15_SCHEDULER_CONFIG = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "prediction_type": "epsilon",
-}
-SD15_LATENT_SCALE = 0.18215
-SD15_BLOCK_OUT_CHANNELS = (320, 640, 1280, 1280)
-SD15_CROSS_ATTENTION_DIM = 768
+from .sd15 import SD15_LATENT_SCALE, SD15_SCHEDULER_CONFIG, validate_controlnet, validate_unet
 
 TEMPORAL_KEY = "temporal_attention"
 
@@ -73,56 +59,6 @@ def unet_part(name: str) -> str:
             return part
     raise ValueError(f"{name} is in no UNet part")
 
-
-def validate_unet(unet) -> None:
-    """Raise ModelError unless ``unet`` is shaped like SD1.5 (any channel width)."""
-    if not isinstance(unet, UNet2DConditionModel):
-        raise ModelError(
-            f"the model must be a diffusers UNet2DConditionModel of Stable Diffusion 1.5; got {type(unet).__name__}"
-        )
-    cfg = unet.config
-    problems = []
-    if cfg.in_channels != 4 or cfg.out_channels != 4:
-        problems.append(f"it has {cfg.in_channels} input channels (an inpainting or instruct model?); SD1.5 has 4")
-    if cfg.addition_embed_type is not None or cfg.class_embed_type is not None:
-        problems.append("it has extra (SDXL-style) conditioning embeddings")
-    if cfg.use_linear_projection:
-        problems.append("it uses linear projections in its transformers (an SD2.x model?)")
-    tl = cfg.transformer_layers_per_block
-    if (tl if isinstance(tl, int) else max(tl)) != 1:
-        problems.append("it has several transformer layers per block (an SDXL model?)")
-    if not any(isinstance(m, BasicTransformerBlock) for m in unet.modules()):
-        problems.append("it has no cross-attention transformer blocks")
-    if problems:
-        raise ModelError(
-            "this is not a Stable Diffusion 1.5 UNet: " + "; ".join(problems) + ". Load an SD1.5 checkpoint."
-        )
-
-
-def is_full_size_sd15(unet: UNet2DConditionModel) -> bool:
-    cfg = unet.config
-    return tuple(cfg.block_out_channels) == SD15_BLOCK_OUT_CHANNELS and cfg.cross_attention_dim == SD15_CROSS_ATTENTION_DIM
-
-
-def validate_controlnet(controlnet, unet: UNet2DConditionModel) -> None:
-    """Raise ModelError unless ``controlnet`` is an RGB-conditioned ControlNet matching ``unet``."""
-    if not isinstance(controlnet, ControlNetModel):
-        raise ModelError(
-            f"the ControlNet must be a diffusers ControlNetModel (openpose, SD1.5); got {type(controlnet).__name__}"
-        )
-    cc, uc = controlnet.config, unet.config
-    if cc.conditioning_channels != 3:
-        raise ModelError(
-            f"the ControlNet takes {cc.conditioning_channels}-channel hints; an openpose ControlNet takes RGB pose images. "
-            "Load control_v11p_sd15_openpose (or another SD1.5 openpose ControlNet)."
-        )
-    if tuple(cc.block_out_channels) != tuple(uc.block_out_channels) or cc.cross_attention_dim != uc.cross_attention_dim:
-        raise ModelError(
-            f"the ControlNet (channels {tuple(cc.block_out_channels)}, text dim {cc.cross_attention_dim}) does not fit the UNet "
-            f"(channels {tuple(uc.block_out_channels)}, text dim {uc.cross_attention_dim}); use an SD1.5 ControlNet with an SD1.5 checkpoint."
-        )
-    if cc.addition_embed_type is not None:
-        raise ModelError("the ControlNet is an SDXL ControlNet; use an SD1.5 openpose ControlNet.")
 
 
 class _PoseEmbedding(ControlNetConditioningEmbedding):
@@ -177,8 +113,8 @@ class MotionModel(nn.Module):
 
     Build one with :meth:`from_unet`. ``attention_mode`` is one of ``rc`` (default),
     ``bidirectional``, ``sparse_causal``, ``self``. ``method`` (``eym_v1`` or ``eym_v2``) says which
-    tuning recipe :meth:`stage_parameter_names` follows; an ``eym_v2`` model normally carries Motion
-    Attention (:meth:`add_motion_attention`).
+    method's stages may tune it (their recipes, in :mod:`motion_core.method`, name the parts they
+    train); an ``eym_v2`` model normally carries Motion Attention (:meth:`add_motion_attention`).
     """
 
     def __init__(self, unet: UNet2DConditionModel, controlnet: ControlNetModel | None, context: FrameContext,
@@ -230,10 +166,12 @@ class MotionModel(nn.Module):
         return model
 
     def add_motion_attention(self) -> "MotionModel":
-        """Add a fresh (identity) Motion Attention adapter on every ControlNet residual and make this
-        an ``eym_v2`` model. See :mod:`motion_core.video_model.motion_attention`."""
+        """Add a fresh (identity) Motion Attention adapter on every ControlNet residual of this
+        ``eym_v2`` model. See :mod:`motion_core.video_model.motion_attention`."""
+        if self.method != "eym_v2":
+            raise InputError(f"Motion Attention belongs to the later version, but this video model is built for "
+                             f"{self.method}: build it with method='eym_v2'")
         attach_motion_attention(self.unet, self.context)
-        self.method = "eym_v2"
         return self
 
     @property
@@ -257,8 +195,11 @@ class MotionModel(nn.Module):
         key = (num_frames, num_groups, tuple(sorted((inject or {}).items())), injection, self.device)
         plan = self._plans.get(key)
         if plan is None:
-            plan = AttentionPlan(num_frames, self.attention_mode, num_groups, dict(inject or {}), injection)
-            self._plans[key] = plan.to(self.device)
+            # Built outside inference mode: the cached index tensors then also serve tuning, whose
+            # backward saves them (inference tensors cannot be saved for backward).
+            with torch.inference_mode(False):
+                plan = AttentionPlan(num_frames, self.attention_mode, num_groups, dict(inject or {}), injection)
+                plan = self._plans[key] = plan.to(self.device)
         return plan
 
     @property
@@ -278,19 +219,6 @@ class MotionModel(nn.Module):
         return torch.autocast(self.device.type, dtype=dtype)
 
     # ----------------------------------------------------------------- trainable parts
-    def stage_parameter_names(self, stage: int) -> list[str]:
-        """UNet parameter names trained in ``stage`` of the model's method.
-
-        eym_v1 (DPL): 1 = RC-Attn (``attn1`` projections), 2 = temporal layers.
-        eym_v2 (STL): 1 = temporal layers + Motion Attention, 2 = ``attn1`` (RCA) + Motion Attention.
-        """
-        if stage not in (1, 2):
-            raise InputError(f"stage must be 1 or 2; got {stage}")
-        parts = self.part_parameter_names()
-        if self.method == "eym_v2":
-            return parts["temporal"] + parts[MA_KEY] if stage == 1 else parts["attn1"] + parts[MA_KEY]
-        return parts["attn1"] if stage == 1 else parts["temporal"]
-
     def part_parameter_names(self) -> dict[str, list[str]]:
         """UNet parameter names of the trainable parts: ``attn1`` (spatial self-attention
         projections), ``temporal`` (temporal layers), ``motion_attention`` (empty without MA)."""
@@ -302,16 +230,16 @@ class MotionModel(nn.Module):
         }
 
     def trainable_parameter_names(self) -> list[str]:
-        """Every tensor either stage of the model's method trains."""
-        return list(dict.fromkeys(self.stage_parameter_names(1) + self.stage_parameter_names(2)))
+        """Every tensor of the trainable parts this model has (RC-Attn's ``attn1``, the temporal
+        layers, and Motion Attention where present): what tuning may change and tuned weights hold."""
+        return [n for names in self.part_parameter_names().values() for n in names]
 
-    def tuned_state(self, stages=(1, 2), names: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """Copies of the tensors the given stages train, or of ``names`` (UNet-relative names,
-        float32, CPU); for half-precision storage, the float32 masters where they still stand for
-        the stored values."""
+    def tuned_state(self, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Copies of every trainable tensor, or of ``names`` (UNet-relative names, float32, CPU); for
+        half-precision storage, the float32 masters where they still stand for the stored values."""
         params = dict(self.unet.named_parameters())
         if names is None:
-            names = [n for s in stages for n in self.stage_parameter_names(s)]
+            names = self.trainable_parameter_names()
         return {n: self.master(n, params[n]).detach().float().cpu().clone() for n in names}
 
     def master(self, name: str, param: torch.Tensor) -> torch.Tensor:
@@ -449,7 +377,7 @@ class MotionModel(nn.Module):
                 down, mid = self.controlnet_residuals(latents, timesteps, text_embeddings, poses, control_scale, pose_order)
             wrapped = None
             if down is not None and self.motion_attention is not None:
-                down, mid, wrapped = adapt_residuals(self.motion_attention, down, mid, use_checkpoint=(
+                down, mid, wrapped = apply_motion_attention_at_skip_joins(self.motion_attention, down, mid, use_checkpoint=(
                     torch.is_grad_enabled() and self.unet.is_gradient_checkpointing))
             out = self.unet(
                 latents, timesteps, encoder_hidden_states=text_embeddings,

@@ -44,7 +44,6 @@ base are identical whatever the caller's random state.
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import torch
@@ -54,14 +53,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import ModelError
+from ..seeding import name_generator
 from .attention import FrameContext, fused_qkv
 
 MA_KEY = "motion_attention"
-
-
-def name_seed(name: str) -> int:
-    """A 63-bit seed derived from a name (stable across runs, machines and torch versions)."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little") % (2**63 - 1)
 
 
 @torch.no_grad()
@@ -75,12 +70,12 @@ def seeded_init_(module: nn.Module, prefix: str) -> None:
     for name, sub in module.named_modules():
         full = f"{prefix}.{name}" if name else prefix
         if isinstance(sub, nn.Linear):
-            gen = torch.Generator().manual_seed(name_seed(full + ".weight"))
+            gen = name_generator(full + ".weight")
             w = torch.empty(sub.weight.shape, dtype=torch.float32)
             nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=gen)
             sub.weight.copy_(w)
             if sub.bias is not None:
-                gen = torch.Generator().manual_seed(name_seed(full + ".bias"))
+                gen = name_generator(full + ".bias")
                 bound = 1 / math.sqrt(sub.in_features)
                 sub.bias.copy_(torch.empty(sub.bias.shape).uniform_(-bound, bound, generator=gen))
         elif isinstance(sub, nn.LayerNorm):
@@ -244,8 +239,12 @@ class AdaptedResidual:
         return self.residual.device
 
 
-def adapt_residuals(adapter: MotionAttentionAdapter, down: list, mid, use_checkpoint: bool = False):
-    """Wrap ControlNet residuals for the UNet call; returns ``(down, mid, wrapped)``."""
+def apply_motion_attention_at_skip_joins(adapter: MotionAttentionAdapter, down: list, mid, use_checkpoint: bool = False):
+    """Where Motion Attention enters the UNet: each ControlNet residual is wrapped so that, at the very
+    point where diffusers' UNet adds it to its skip feature ``u`` (``u + r``, which Python turns into
+    ``r.__radd__(u)``), the sum becomes ``u + MA(r, u)``. diffusers offers no other hook between the
+    ControlNet residual and the UNet feature it joins. Returns ``(down, mid, wrapped)``; pass
+    ``wrapped`` to :func:`check_consumed` after the UNet call."""
     if len(down) != len(adapter.down):
         raise ModelError(
             f"the ControlNet gives {len(down)} down residuals but Motion Attention has {len(adapter.down)} modules; "

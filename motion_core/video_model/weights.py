@@ -13,7 +13,6 @@ that moved its weights by more than a few percent) moves them by far more.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -24,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import InputError, ModelError, nonfinite_tensors
+from ..seeding import name_generator
 from ..video_model.model import MotionModel
 from ..video_model.motion_attention import MA_KEY
 
@@ -32,10 +32,6 @@ FINGERPRINT_TENSORS = 8
 FINGERPRINT_PREFIX = 1 << 18
 FINGERPRINT_PROJECTIONS = 4
 FINGERPRINT_TOLERANCE = 0.02
-
-
-def _seed_for(name: str) -> int:
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little") % (2**63 - 1)
 
 
 def fingerprint(model: MotionModel) -> dict[str, list[float]]:
@@ -51,7 +47,7 @@ def fingerprint(model: MotionModel) -> dict[str, list[float]]:
     for name in chosen:
         w = params[name].detach().flatten()[:FINGERPRINT_PREFIX].to("cpu", torch.float64)
         norm = w.norm().clamp(min=1e-12)
-        r = torch.randn(FINGERPRINT_PROJECTIONS, w.numel(), generator=torch.Generator().manual_seed(_seed_for(name)),
+        r = torch.randn(FINGERPRINT_PROJECTIONS, w.numel(), generator=name_generator(name),
                         dtype=torch.float64)
         proj = (r @ w) / norm
         out[name] = [float(norm / w.numel() ** 0.5)] + proj.tolist()

@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import InputError
 from ..pose import render_pose_images
-from ..video_model.model import SD15_SCHEDULER_CONFIG, MotionModel
+from ..video_model.model import MotionModel
+from ..video_model.sd15 import SD15_SCHEDULER_CONFIG
 from .scene import LATENT_SIZE, POSE_SIZE
 from .text import WorldTextEncoder
 

@@ -27,7 +27,8 @@ import torch
 from ..method.ddim import ddim_invert, ddim_sample
 from ..method.frames import apply_background_mask
 from ..method.sampler import SamplerConfig, two_branch_sample
-from ..method.tuner import TuneConfig, tune_stage
+from ..method.stages import tune_stage
+from ..method.tuner import TuneConfig
 from . import vae
 from .model import WorldModels, pose_hints
 from .scene import SKIN, EditCase
