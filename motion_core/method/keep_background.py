@@ -56,7 +56,7 @@ def latent_masks(masks: torch.Tensor, height: int, width: int, name: str = "mask
     resolution pass through (thresholded)."""
     if not isinstance(masks, torch.Tensor):
         raise InputError(f"{name} must be a tensor of masks (frames, height, width)")
-    m = masks.detach().float()
+    m = masks.detach().float().cpu()
     if m.ndim == 4 and m.shape[1] == 1:
         m = m[:, 0]
     if m.ndim == 2:
