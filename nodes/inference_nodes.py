@@ -42,7 +42,7 @@ def keep_background_inputs() -> dict:
                        "and feathered) the edit takes the source's own DDIM inversion latent at every step, so the "
                        "background ends exactly as in the source video. Needs source_mask and reference_keypoints (or "
                        "change_region). Off: the paper's sampler. Measured in the pack's world (first version, 8 cases, "
-                       "reduced steps): background PSNR about +6 dB, flicker about 2.0 -> 0.4, whole-frame PSNR about "
+                       "reduced steps): background PSNR about +6.5 dB, flicker about 1.9 -> 0.4, whole-frame PSNR about "
                        "+1.2 dB; the person itself is unchanged. Costs one blend per step (README, 'Beyond the paper').",
         }),
         "source_mask": ("MASK", {"tooltip": "The source person's mask, one per frame (EYM Person Mask). Part of the change region."}),
