@@ -10,7 +10,8 @@ from ..motion_core.method.tuner import TuneConfig
 from ..motion_core.errors import InputError
 from . import comfy_bridge as bridge
 from .handle import CATEGORY, MODEL_TYPE, activated, check_handle, embedding, latents_in, latents_out, pose_hint
-from .inference_nodes import INVERSION_KEY, _guidance_input, _negative_input, _steps_input
+from .inference_nodes import (INVERSION_KEY, _guidance_input, _negative_input, _steps_input, build_keeper,
+                              keep_background_inputs)
 from .tuning_nodes import _common_inputs, _tune
 
 log = logging.getLogger("edit_your_motion")
@@ -104,11 +105,16 @@ class SingleBranchSampler:
                 "control_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": "ControlNet strength."}),
                 "guidance": _guidance_input(),
             },
-            "optional": {"negative": _negative_input()},
+            "optional": {
+                "negative": _negative_input(),
+                **keep_background_inputs(),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": "fixed", "tooltip": "Seed of the fresh noise of renoise_ghost."}),
+            },
         }
 
     def run(self, video_model, inverted_latent, target_conditioning, reference_poses, steps, control_strength, guidance,
-            negative=None):
+            negative=None, keep_background=False, source_mask=None, reference_keypoints=None, change_region=None,
+            region_grow=0, region_feather=8, ghost_fill="other_frames", renoise_ghost=False, seed=0):
         handle = check_handle(video_model, "video_model")
         scale = handle.engine.latent_scale
         z_t = latents_in(inverted_latent, scale, "inverted_latent")
@@ -122,11 +128,13 @@ class SingleBranchSampler:
         emb = embedding(target_conditioning, "target_conditioning")
         uncond = embedding(negative, "negative") if guidance > 1 else None
         ref = pose_hint(reference_poses, z_t, "reference_poses")
+        keep = build_keeper(inverted_latent, z_t, keep_background, source_mask, reference_keypoints, change_region,
+                            region_grow, region_feather, ghost_fill, renoise_ghost, seed)
         progress = bridge.Progress(steps, "Edit-Your-Motion sampling (single branch)")
         with activated(handle) as model:
             edited = single_branch_sample(model, z_t, emb, ref, num_steps=steps, control_scale=control_strength,
                                           guidance=guidance, uncond_embeddings=uncond,
-                                          callback=lambda s, t: progress.step())
+                                          callback=lambda s, t: progress.step(), keep=keep)
         return (latents_out(edited, scale),)
 
 

@@ -638,6 +638,21 @@ def test_main_workflow_uses_paper_settings(defs):
                     assert value == "fixed", (node["id"], idef.name)
 
 
+@pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.name)
+def test_workflows_use_the_enhanced_settings_one_switch_from_the_papers(path):
+    """Beyond the paper: every shipped sampler keeps the background with the region drawn from the Person
+    Mask and the aligned reference keypoints; the UI twin's note names the one switch back to the paper."""
+    prompt = _load(path)
+    (smp,) = [n for n in prompt.values() if n["class_type"] in ("EYM_TwoBranchSampler", "EYM_SingleBranchSampler")]
+    inputs = smp["inputs"]
+    assert inputs["keep_background"] is True and inputs["ghost_fill"] == "other_frames" and inputs["renoise_ghost"] is False
+    assert prompt[inputs["source_mask"][0]]["class_type"] == "EYM_PersonMask"
+    assert prompt[inputs["reference_keypoints"][0]]["class_type"] == "EYM_AlignSkeleton" and inputs["reference_keypoints"][1] == 0
+    ui = _load(_file(path.name.replace("_api.json", ".json")))
+    notes = " ".join(n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "MarkdownNote")
+    assert "set `keep_background` to false on the sampler" in notes
+
+
 def test_core_specs_agree_with_core_node_list():
     for name, spec in CORE_SPECS.items():
         assert name in CORE_NODES, name

@@ -86,7 +86,7 @@ def markdown_table(summary: dict, cases: int) -> str:
     sep = "|---|" + "---:|" * len(M.METRICS)
     lines = [head, sep]
     for name, row in summary.items():
-        cells = [f"{row[m]['mean']:.3f} ± {row[m]['sd']:.3f}" if m in ("ssim", "pose_error", "appearance_error")
+        cells = [f"{row[m]['mean']:.3f} ± {row[m]['sd']:.3f}" if m in ("ssim", "pose_error", "appearance_error", "ghost_error")
                  else f"{row[m]['mean']:.2f} ± {row[m]['sd']:.2f}" for m in M.METRICS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append(f"\nmean ± sd over {cases} cases; psnr/background_psnr in dB, flicker in 8-bit levels.")

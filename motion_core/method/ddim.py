@@ -94,9 +94,11 @@ def check_output_finite(model: MotionModel, result: torch.Tensor, what: str) -> 
 
 @torch.no_grad()
 def _ddim_run(model: MotionModel, latents, text_embeddings, poses, num_steps, control_scale, guidance,
-              uncond_embeddings, callback, invert: bool) -> torch.Tensor:
+              uncond_embeddings, callback, invert: bool, trajectory: list | None = None, keep=None) -> torch.Tensor:
     """The shared loop: inversion walks the timesteps upwards (level prev(t) -> t), sampling
-    downwards (t -> prev(t)), both with eps evaluated at label t."""
+    downwards (t -> prev(t)), both with eps evaluated at label t. ``trajectory`` (a list) receives the
+    latent at every level, the start included. ``keep`` (sampling only): a
+    :class:`~motion_core.method.keep_background.BackgroundKeeper` blended in after every step."""
     check_latent_size("latents", latents, model.unet.config.in_channels)
     n = check_frame_counts(latents=latents, poses=poses)
     if guidance < 1:
@@ -113,11 +115,21 @@ def _ddim_run(model: MotionModel, latents, text_embeddings, poses, num_steps, co
     schedule = ddim_schedule(model.scheduler_config, num_steps)
     steps = schedule.timesteps.flip(0) if invert else schedule.timesteps
     z = latents.to(device, torch.float32)
+    if keep is not None:
+        keep.check(z, num_steps)
+        keep = keep.to(device)
+        z = keep.start(z)
+    if trajectory is not None:
+        trajectory.append(z.clone())
     for k, t in enumerate(steps.tolist()):
         x = z if groups == 1 else torch.cat([z, z])
         eps = guided(model.predict(x, t, emb, n, poses=hint, control_scale=control_scale).float(), groups, guidance)
         a_t, a_prev = schedule.alpha(t), schedule.alpha_prev(t)
         z = ddim_step(z, eps, a_prev, a_t) if invert else ddim_step(z, eps, a_t, a_prev)
+        if keep is not None:
+            z = keep.blend(z, len(steps) - 1 - k)
+        if trajectory is not None:
+            trajectory.append(z.clone())
         if callback is not None:
             callback(k + 1, len(steps))
     check_output_finite(model, z, "DDIM inversion" if invert else "DDIM sampling")
@@ -137,10 +149,26 @@ def ddim_invert(model: MotionModel, latents: torch.Tensor, text_embeddings: torc
                      uncond_embeddings, callback, invert=True)
 
 
+def ddim_invert_trajectory(model: MotionModel, latents: torch.Tensor, text_embeddings: torch.Tensor,
+                           poses: torch.Tensor | None = None, num_steps: int = 50, control_scale: float = 1.0,
+                           guidance: float = 1.0, uncond_embeddings: torch.Tensor | None = None,
+                           callback: ProgressCallback | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`ddim_invert` that also returns the latent at every noise level it passed:
+    ``(z_T, trajectory)`` with ``trajectory`` ``(num_steps + 1, n, 4, h, w)`` float32 on the model's
+    device, ``trajectory[0]`` the input latents, ``trajectory[k]`` the latent after inversion step ``k``
+    and ``trajectory[num_steps]`` equal to ``z_T``. Sampling step ``j`` lands on the level of
+    ``trajectory[num_steps - 1 - j]`` (used to keep the source background, see ``keep_background``)."""
+    levels: list[torch.Tensor] = []
+    z_t = _ddim_run(model, latents, text_embeddings, poses, num_steps, control_scale, guidance,
+                    uncond_embeddings, callback, invert=True, trajectory=levels)
+    return z_t, torch.stack(levels)
+
+
 def ddim_sample(model: MotionModel, noise_latents: torch.Tensor, text_embeddings: torch.Tensor,
                 poses: torch.Tensor | None = None, num_steps: int = 50, control_scale: float = 1.0,
                 guidance: float = 1.0, uncond_embeddings: torch.Tensor | None = None,
-                callback: ProgressCallback | None = None) -> torch.Tensor:
-    """Plain (single-branch) deterministic DDIM sampling from ``z_T``: the inverse of :func:`ddim_invert`."""
+                callback: ProgressCallback | None = None, keep=None) -> torch.Tensor:
+    """Plain (single-branch) deterministic DDIM sampling from ``z_T``: the inverse of :func:`ddim_invert`.
+    ``keep``: a :class:`~motion_core.method.keep_background.BackgroundKeeper` (None: the plain sampler)."""
     return _ddim_run(model, noise_latents, text_embeddings, poses, num_steps, control_scale, guidance,
-                     uncond_embeddings, callback, invert=False)
+                     uncond_embeddings, callback, invert=False, keep=keep)

@@ -88,13 +88,17 @@ def injection_active(step: int, num_steps: int, start: float, end: float) -> boo
 def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_embeddings: torch.Tensor,
                       edit_embeddings: torch.Tensor, recon_poses: torch.Tensor | None, edit_poses: torch.Tensor | None,
                       config: SamplerConfig | None = None, uncond_embeddings: torch.Tensor | None = None,
-                      callback: ProgressCallback | None = None) -> SampleResult:
+                      callback: ProgressCallback | None = None, keep=None) -> SampleResult:
     """Sample the edited clip (and its reconstruction) from ``inverted_latents`` ``(n, 4, h, w)``.
 
     ``recon_embeddings`` / ``edit_embeddings``: ``(1, tokens, dim)`` for ``P_s`` / ``P_t``;
     ``recon_poses`` / ``edit_poses``: ControlNet hints ``(n, 3, 8h, 8w)`` of the source / reference
     skeletons (None: that branch runs without ControlNet); ``uncond_embeddings``: needed when
     ``guidance_scale > 1``.
+
+    ``keep`` (beyond the paper): a :class:`~motion_core.method.keep_background.BackgroundKeeper`. After
+    every step the editing branch takes the source's own inversion trajectory latent outside the
+    change region (the reconstruction branch is unchanged); None is the paper's sampler.
     """
     config = config or SamplerConfig()
     config.validate()
@@ -136,6 +140,10 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
     schedule = ddim_schedule(model.scheduler_config, config.num_steps)
     z_r = inverted_latents.to(device, torch.float32)
     z_e = z_r.clone()
+    if keep is not None:
+        keep.check(z_r, config.num_steps)
+        keep = keep.to(device)
+        z_e = keep.start(z_e)
     injected = []
     total = len(schedule.timesteps)
     for step, t in enumerate(schedule.timesteps.tolist()):
@@ -157,6 +165,8 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
         a_t, a_prev = schedule.alpha(t), schedule.alpha_prev(t)
         z_r = ddim_step(z_r, eps_r, a_t, a_prev, config.eta, noise)
         z_e = ddim_step(z_e, eps_e, a_t, a_prev, config.eta, noise)
+        if keep is not None:
+            z_e = keep.blend(z_e, total - 1 - step)
         if callback is not None:
             callback(step + 1, total)
     check_output_finite(model, torch.stack([z_e, z_r]), "two-branch sampling")

@@ -15,6 +15,10 @@ with the ground truth seen through the same VAE, so a perfect edit scores PSNR =
 * ``appearance_error``: distance (RGB, 0..1) between the mean colour of the generated person and of
   the true person, taken over the truth's person pixels that the generated frame also shows as person
   (all truth person pixels when it shows none): are the clothes the source's.
+* ``ghost_error``: mean absolute RGB difference (0..1) between the edit and the truth over the pixels
+  inside the source person's mask (coverage >= 0.5) and outside the ground-truth person's mask
+  (coverage 0): the truth there is background, so a ghost of the source person raises it. NaN when
+  the source person lies wholly inside the target person (no such pixel).
 * ``flicker``: mean absolute frame-to-frame change over the pixels that are background in every frame
   (the true background is static), in 8-bit levels.
 """
@@ -27,10 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-METRICS = ("psnr", "ssim", "background_psnr", "pose_error", "appearance_error", "flicker")
+METRICS = ("psnr", "ssim", "background_psnr", "pose_error", "appearance_error", "ghost_error", "flicker")
 #: which direction is better, for tables
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "background_psnr": True, "pose_error": False,
-                    "appearance_error": False, "flicker": False}
+                    "appearance_error": False, "ghost_error": False, "flicker": False}
 
 
 def _t(x) -> torch.Tensor:
@@ -112,6 +116,16 @@ def appearance_error(pred, truth, person_masks, background_image, palette) -> fl
     return float(np.mean(errs))
 
 
+def ghost_error(pred, truth, source_masks, truth_masks) -> float:
+    """Mean absolute RGB difference over the pixels where the source person stood (coverage >= 0.5)
+    and the true person is not (coverage 0)."""
+    p, t = _t(pred), _t(truth)
+    sel = (_t(source_masks) >= 0.5) & (_t(truth_masks) <= 0)
+    if not sel.any():
+        return float("nan")
+    return float((p - t).abs().mean(-1)[sel].mean())
+
+
 def flicker(pred, static_background) -> float:
     p = _t(pred)
     bg = _t(static_background).bool()
@@ -132,5 +146,6 @@ def score(pred, truth, truth_masks, source_masks, background_image, palette) -> 
         "background_psnr": background_psnr(pred, truth, bg_each),
         "pose_error": pose_error(pred, tm, background_image, palette),
         "appearance_error": appearance_error(pred, truth, tm, background_image, palette),
+        "ghost_error": ghost_error(pred, truth, sm, tm),
         "flicker": flicker(pred, static),
     }

@@ -18,20 +18,23 @@ baseline samples from fresh noise, where a diffusion model needs guidance: it us
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
-from ..method.ddim import ddim_invert, ddim_sample
+from ..method.ddim import ddim_invert, ddim_invert_trajectory, ddim_sample
+from ..method.keep_background import BackgroundKeeper, make_keeper
 from ..method.frames import apply_background_mask
 from ..method.sampler import SamplerConfig, two_branch_sample
 from ..method.stages import tune_stage
 from ..method.tuner import TuneConfig
+from ..pose.masks import person_masks_from_keypoints
 from . import vae
 from .model import WorldModels, pose_hints
-from .scene import SKIN, EditCase
+from .scene import POSE_SIZE, SKIN, EditCase
 
 PAPER_TUNING_LR = 3e-5
 SD15_PRETRAINING_LR = 1e-4
@@ -62,6 +65,8 @@ class CaseInputs:
     p_s: torch.Tensor
     p_t: torch.Tensor
     uncond: torch.Tensor
+    source_person: torch.Tensor  # (n, S, S) 0/1: the source person (what a segmentation node gives)
+    target_person: torch.Tensor  # (n, S, S) 0/1: drawn from the aligned reference skeletons (as the nodes do)
     cache: dict = field(default_factory=dict)  # tuned states shared by sampling-only variants
 
     @classmethod
@@ -73,7 +78,8 @@ class CaseInputs:
         return cls(
             case, vae.encode(frames), vae.encode(masked), pose_hints(src.keypoints), pose_hints(case.aligned_keypoints),
             pose_hints(case.reference.keypoints), enc(case.prompt_content), enc(case.prompt_source),
-            enc(case.prompt_target), enc(""),
+            enc(case.prompt_target), enc(""), torch.from_numpy(src.masks).float(),
+            person_masks_from_keypoints(case.aligned_keypoints, POSE_SIZE, POSE_SIZE),
         )
 
     # --- what metrics need
@@ -151,16 +157,66 @@ def _single_branch(model, inputs, settings):
     return ddim_sample(model, z_t, inputs.p_t, inputs.reference_hints, num_steps=settings.ddim_steps)
 
 
+# ----------------------------------------------------------------------------- beyond the paper
+@dataclass(frozen=True)
+class Enhancements:
+    """The options beyond the paper (``motion_core/method/keep_background.py``), as the shipped
+    workflows set them. ``grow`` / ``feather`` in latent pixels (the world's image pixels)."""
+
+    keep_background: bool = True
+    ghost_fill: str = "other_frames"
+    renoise_ghost: bool = False  # measured: no gain (README, "Beyond the paper")
+    grow: int = 0
+    feather: int = 1
+
+
+ENHANCED = Enhancements()
+
+
+def keeper_for(inputs: CaseInputs, trajectory: torch.Tensor, enh: Enhancements, seed: int = 0
+               ) -> BackgroundKeeper | None:
+    """The keeper the nodes build from the source person mask and the aligned reference keypoints.
+    Without ``keep_background`` only the re-noising of the ghost (which needs no blending) remains."""
+    if not (enh.keep_background or enh.renoise_ghost):
+        return None
+    keeper = make_keeper(trajectory, inputs.source_person, inputs.target_person, grow=enh.grow,
+                         feather_radius=enh.feather, ghost_fill=enh.ghost_fill if enh.keep_background else "none",
+                         renoise_ghost=enh.renoise_ghost, seed=seed)
+    if not enh.keep_background:  # the plain sampler (region everywhere), started from the re-noised z_T
+        keeper = BackgroundKeeper(trajectory, torch.ones_like(keeper.region), None, keeper.renoise, seed)
+    return keeper
+
+
+def _invert(model, inputs, settings):
+    return ddim_invert_trajectory(model, inputs.latents, inputs.p_s, inputs.source_hints, num_steps=settings.ddim_steps)
+
+
+def run_eym_v1_enhanced(models, inputs, settings, progress=None, enh: Enhancements = ENHANCED):
+    """The first version (same tuned weights as ``eym_v1``) sampled with the options beyond the paper."""
+    model = _tuned(models, inputs, settings, "v1_rc", "rc", _v1_full(inputs, settings, "rc"), progress)
+    z_t, traj = _invert(model, inputs, settings)
+    cfg = SamplerConfig(num_steps=settings.ddim_steps)
+    return two_branch_sample(model, z_t, inputs.p_s, inputs.p_t, inputs.source_hints, inputs.reference_hints, cfg,
+                             keep=keeper_for(inputs, traj, enh, settings.seed)).edited
+
+
+def run_eym_v2_enhanced(models, inputs, settings, progress=None, enh: Enhancements = ENHANCED):
+    """The later version (same tuned weights as ``eym_v2``) sampled with the options beyond the paper."""
+    from ..method.single_branch import single_branch_sample
+
+    model = _tuned_v2(models, inputs, settings, "eym_v2", progress)
+    z_t, traj = _invert(model, inputs, settings)
+    return single_branch_sample(model, z_t, inputs.p_t, inputs.reference_hints, num_steps=settings.ddim_steps,
+                                keep=keeper_for(inputs, traj, enh, settings.seed))
+
+
 def run_eym_v1(models, inputs, settings, progress=None, mode="rc", **sample):
     model = _tuned(models, inputs, settings, f"v1_{mode}", mode, _v1_full(inputs, settings, mode), progress)
     return _two_branch(model, inputs, settings, **sample)
 
 
-def run_eym_v2(models, inputs, settings, progress=None, variant="eym_v2"):
-    """The later version (STL tuning, then inversion and ONE branch with P_t and the aligned reference
-    skeletons, no K/V injection) or one of its Table IV ablations, as ``method.eym_v2`` defines them."""
+def _tuned_v2(models, inputs, settings, variant, progress=None):
     from ..method.eym_v2 import get_variant, tune_v2
-    from ..method.single_branch import single_branch_sample
 
     v = get_variant(variant)
     model = models.motion_model(v.attention_mode, method="eym_v2", motion_attention=v.motion_attention)
@@ -173,8 +229,35 @@ def run_eym_v2(models, inputs, settings, progress=None, variant="eym_v2"):
                 stage_steps=(settings.stage_steps, settings.stage_steps),
                 callback=None if progress is None else (lambda k, total, loss: progress()))
         inputs.cache[key] = model.tuned_state()
+    return model
+
+
+def run_eym_v2(models, inputs, settings, progress=None, variant="eym_v2"):
+    """The later version (STL tuning, then inversion and ONE branch with P_t and the aligned reference
+    skeletons, no K/V injection) or one of its Table IV ablations, as ``method.eym_v2`` defines them."""
+    from ..method.single_branch import single_branch_sample
+
+    model = _tuned_v2(models, inputs, settings, variant, progress)
     z_t = ddim_invert(model, inputs.latents, inputs.p_s, inputs.source_hints, num_steps=settings.ddim_steps)
     return single_branch_sample(model, z_t, inputs.p_t, inputs.reference_hints, num_steps=settings.ddim_steps)
+
+
+#: each option beyond the paper -> the Enhancements without it (its ablation row)
+#: (``eym_v1_enhanced_without_keep_background`` is ``eym_v1`` exactly: ghost filling works through
+#: the blending, and the shipped settings do not re-noise.)
+ENHANCEMENT_OPTIONS = {
+    "keep_background": dataclasses.replace(ENHANCED, keep_background=False),
+    "ghost_fill": dataclasses.replace(ENHANCED, ghost_fill="none"),
+}
+#: candidates measured and not shipped, and settings compared
+ENHANCEMENT_CANDIDATES = {
+    "eym_v1_enhanced_with_renoise_ghost": dataclasses.replace(ENHANCED, renoise_ghost=True),
+    "eym_v1_enhanced_grow1": dataclasses.replace(ENHANCED, grow=1),
+}
+
+
+def enhanced_with(enh: Enhancements):
+    return lambda m, i, s, p: run_eym_v1_enhanced(m, i, s, p, enh)
 
 
 def _method_table() -> dict[str, tuple[int, Callable]]:
@@ -230,6 +313,11 @@ def _method_table() -> dict[str, tuple[int, Callable]]:
         "eym_v2_without_rca": (2, lambda m, i, s, p: run_eym_v2(m, i, s, p, "eym_v2_without_rca")),
         "eym_v2_without_ma": (2, lambda m, i, s, p: run_eym_v2(m, i, s, p, "eym_v2_without_ma")),
         "eym_v2_without_stl": (2, lambda m, i, s, p: run_eym_v2(m, i, s, p, "eym_v2_without_stl")),
+        # beyond the paper: the same tuned weights, sampled with the shipped workflows' options
+        "eym_v1_enhanced": (2, run_eym_v1_enhanced),
+        "eym_v2_enhanced": (2, run_eym_v2_enhanced),
+        **{f"eym_v1_enhanced_without_{name}": (2, enhanced_with(e)) for name, e in ENHANCEMENT_OPTIONS.items()},
+        **{name: (2, enhanced_with(e)) for name, e in ENHANCEMENT_CANDIDATES.items()},
     }
 
 

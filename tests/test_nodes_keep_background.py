@@ -1,0 +1,76 @@
+"""The samplers' keep_background option through the nodes, as ComfyUI runs them (inference mode), with
+bf16 weight storage; the inversion node's LATENT carries the trajectory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edit_your_motion.motion_core.errors import InputError
+from edit_your_motion.motion_core.method.keep_background import latent_masks
+from edit_your_motion.motion_core.pose.interop import to_pose_keypoint
+from edit_your_motion.motion_core.pose.masks import person_masks_from_keypoints
+from edit_your_motion.motion_core.testing import tiny
+from edit_your_motion.motion_core.testing.synthetic import frames_to_latents, make_clip
+from edit_your_motion.nodes import inference_nodes, later_version_nodes, model_nodes
+
+pytestmark = pytest.mark.usefixtures("comfy_inference_mode")  # as ComfyUI runs nodes
+
+SCALE = 0.18215
+KEY = inference_nodes.INVERSION_KEY
+
+
+def cond(text):
+    return [[tiny.encode_prompt(text), {"pooled_output": None}]]
+
+
+@pytest.fixture(scope="module")
+def data():
+    src = make_clip(3, 64, 64, "wave", seed=2)
+    ref = make_clip(3, 64, 64, "walk", seed=2)
+    unet = tiny.build_unet("tiny", 0)
+    return dict(unet=unet, cn=tiny.build_controlnet(unet, "tiny", 1), src=src, ref=ref,
+                latent={"samples": frames_to_latents(src.frames) / SCALE},
+                ps=cond("a person in a green shirt is waving"), pt=cond("a person in a green shirt is walking"),
+                ref_kp=to_pose_keypoint(ref.keypoints, 64, 64))
+
+
+def _outside(data):
+    """Latent pixels outside the change region the nodes build by default (grow 0, feather 8 px = 1 latent
+    pixel, whose ramp reaches 2 latent pixels): computed here from the masks, independently of the keeper."""
+    person = latent_masks(data["src"].masks, 8, 8) | latent_masks(person_masks_from_keypoints(data["ref"].keypoints, 64, 64), 8, 8)
+    near = torch.nn.functional.max_pool2d(person.float(), 5, stride=1, padding=2) > 0
+    return (~near).expand(3, 4, 8, 8)
+
+
+@pytest.mark.parametrize("method", ["eym_v1", "eym_v2"])
+def test_keep_background_nodes_with_bf16_storage(data, method):
+    handle = model_nodes.LoadVideoModel().run(data["unet"], data["cn"], "rc" if method == "eym_v1" else "bidirectional",
+                                              "bf16", method)[0]
+    z = inference_nodes.DDIMInversion().run(handle, data["latent"], data["ps"], data["src"].poses, 3, True, 1.0, 1.0)[0]
+    traj = z[KEY]["trajectory"]
+    assert traj.shape == (4, 3, 4, 8, 8) and traj.dtype == torch.float32
+    assert torch.equal(z["samples"], traj[-1] / SCALE)  # the node's z_T is the trajectory's last level
+    assert torch.equal(traj[0], data["latent"]["samples"] * SCALE)
+    keep = dict(keep_background=True, source_mask=data["src"].masks, reference_keypoints=data["ref_kp"])
+    if method == "eym_v1":
+        def run(latent=z, **kw):
+            return inference_nodes.TwoBranchSampler().run(
+                handle, latent, data["ps"], data["pt"], data["src"].poses, data["ref"].poses, 3, 1.0, 1.0, 0, 0.0, 0.0,
+                1.0, "down+mid+up", "concat", True, **kw)[0]["samples"]
+    else:
+        def run(latent=z, **kw):
+            return later_version_nodes.SingleBranchSampler().run(handle, latent, data["pt"], data["ref"].poses, 3, 1.0,
+                                                                 1.0, **kw)[0]["samples"]
+    kept, plain = run(**keep), run()
+    outside = _outside(data)
+    assert outside.any() and torch.isfinite(kept).all()
+    # outside the region the edit is the source latents: the trajectory's first level, unscaled once
+    assert torch.equal(kept[outside], (traj[0] / SCALE)[outside])
+    assert not torch.equal(kept, plain)
+    # a painted region of the whole frame is the plain sampler exactly
+    assert torch.equal(run(keep_background=True, change_region=torch.ones(64, 64)), plain)
+    with pytest.raises(InputError, match="needs a change region"):
+        run(keep_background=True)
+    with pytest.raises(InputError, match="trajectory"):
+        run(latent={"samples": z["samples"]}, **keep)
