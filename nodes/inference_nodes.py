@@ -10,6 +10,7 @@ from ..motion_core.errors import InputError
 from ..motion_core.method.sampler import SamplerConfig, two_branch_sample
 from . import comfy_bridge as bridge
 from .handle import CATEGORY, MODEL_TYPE, activated, check_handle, embedding, latents_in, latents_out, pose_hint
+from .memory_guard import ensure_fits
 
 log = logging.getLogger("edit_your_motion")
 
@@ -68,8 +69,9 @@ class DDIMInversion:
         if guidance > 1 and negative is None:
             raise InputError("guidance > 1 needs 'negative': connect a CLIP Text Encode with an empty prompt, or set guidance to 1")
         uncond = embedding(negative, "negative") if guidance > 1 else None
+        need = ensure_fits("EYM DDIM Inversion", handle, "inversion", latents, guidance=guidance)
         progress = bridge.Progress(steps, "Edit-Your-Motion inversion")
-        with activated(handle) as model:
+        with activated(handle, memory_required=need) as model:
             z_t = ddim_invert(model, latents, emb, hint, num_steps=steps, control_scale=control_strength,
                               guidance=guidance, uncond_embeddings=uncond, callback=lambda s, t: progress.step())
         info = {"steps": steps, "frames": latents.shape[0]}
@@ -145,8 +147,9 @@ class TwoBranchSampler:
         uncond = embedding(negative, "negative") if guidance > 1 else None
         src = pose_hint(source_poses, z_t, "source_poses")
         ref = pose_hint(reference_poses, z_t, "reference_poses")
+        need = ensure_fits("EYM Two-Branch Sampler", handle, "two_branch", z_t, guidance=guidance)
         progress = bridge.Progress(steps, "Edit-Your-Motion sampling")
-        with activated(handle) as model:
+        with activated(handle, memory_required=need) as model:
             result = two_branch_sample(model, z_t, recon_emb, edit_emb, src, ref, config, uncond_embeddings=uncond,
                                        callback=lambda s, t: progress.step())
         return (latents_out(result.edited, scale), latents_out(result.reconstruction, scale))

@@ -50,7 +50,8 @@ OVERHEAD = (0.10, 0.20)  # workspaces and fragmentation on top of the live tenso
 
 #: levers the estimate knows, with the value of each in a default run
 DEFAULT_LEVERS = dict(gradient_checkpointing=True, optimizer="adamw", rollback="host", activation_offload=False)
-PHASES = ("stage1", "stage2", "inversion", "sampling")
+PHASES = ("stage1", "stage2", "inversion", "sampling")  # sampling: the method's sampler
+SAMPLERS = ("two_branch", "single_branch")  # either sampler, whatever the method
 
 
 # --------------------------------------------------------------------------- live storage tracker
@@ -288,7 +289,8 @@ class Job:
 
     method: str = "eym_v1"
     frames: int = 8
-    resolution: int = 512
+    resolution: int = 512  # frame height in pixels (and width, unless ``width`` is given)
+    width: int | None = None
     size: str = "sd15"  # model shape: sd15, small or tiny (testing/tiny.py)
     gradient_checkpointing: bool = True
     optimizer: str = "adamw"
@@ -303,8 +305,9 @@ class Job:
             raise InputError(f"method must be eym_v1 or eym_v2; got {self.method!r}")
         if self.frames < 1:
             raise InputError(f"frames must be >= 1; got {self.frames}")
-        if self.resolution < 8 or self.resolution % 8:
-            raise InputError(f"resolution must be a positive multiple of 8; got {self.resolution}")
+        for name, v in (("resolution", self.resolution), ("width", self.width or self.resolution)):
+            if v < 8 or v % 8:
+                raise InputError(f"{name} must be a positive multiple of 8; got {v}")
         if self.optimizer not in OPTIMIZERS:
             raise InputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
         if self.rollback not in ROLLBACKS:
@@ -315,7 +318,8 @@ class Job:
         return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.weight_dtype]
 
 
-def _build(job: Job, device: str, unet_config: dict | None = None, controlnet_config: dict | None = None):
+def _build(job: Job, device: str, unet_config: dict | None = None, controlnet_config: dict | None = None,
+           motion_attention: bool | None = None, attention_mode: str | None = None):
     """Model and inputs of ``job`` (model on ``device``, inputs on the host, as the nodes pass them)."""
     from diffusers import ControlNetModel, UNet2DConditionModel
 
@@ -324,9 +328,10 @@ def _build(job: Job, device: str, unet_config: dict | None = None, controlnet_co
 
     with torch.device(device):
         if unet_config is not None:
-            unet = UNet2DConditionModel(**unet_config)
-            cn = ControlNetModel(**controlnet_config) if controlnet_config is not None else None
-            model = MotionModel.from_unet(unet, cn, method=job.method)
+            unet = UNet2DConditionModel.from_config(unet_config)
+            cn = ControlNetModel.from_config(controlnet_config) if controlnet_config is not None else None
+            model = MotionModel.from_unet(unet, cn, attention_mode=attention_mode, method=job.method,
+                                          motion_attention=motion_attention)
         else:
             model = build_motion_model(job.size, seed=0)
             if job.method == "eym_v2":
@@ -334,13 +339,22 @@ def _build(job: Job, device: str, unet_config: dict | None = None, controlnet_co
                 model.set_attention_mode("bidirectional")
     if job.weight_dtype != torch.float32:
         model.to(job.weight_dtype)
-    n, hw = job.frames, job.resolution // 8
+    n, h, w = job.frames, job.resolution // 8, (job.width or job.resolution) // 8
     dim = model.unet.config.cross_attention_dim
     g = torch.Generator().manual_seed(0)
-    data = dict(latents=torch.randn(n, 4, hw, hw, generator=g), poses=torch.rand(n, 3, hw * 8, hw * 8, generator=g),
-                ref=torch.rand(n, 3, hw * 8, hw * 8, generator=g), emb=torch.randn(1, 77, dim, generator=g),
+    data = dict(latents=torch.randn(n, 4, h, w, generator=g), poses=torch.rand(n, 3, h * 8, w * 8, generator=g),
+                ref=torch.rand(n, 3, h * 8, w * 8, generator=g), emb=torch.randn(1, 77, dim, generator=g),
                 emb2=torch.randn(1, 77, dim, generator=g))
     return model, data
+
+
+def _inputs_of(job: Job, phase: str) -> tuple[str, ...]:
+    """The inputs a phase uses (see :func:`_phase_runner`)."""
+    if phase == "sampling":
+        phase = "single_branch" if job.method == "eym_v2" else "two_branch"
+    guided = ("emb2",) if job.guidance > 1 else ()
+    return {"single_branch": ("latents", "emb2", "ref"), "two_branch": ("latents", "emb", "emb2", "poses", "ref")
+            }.get(phase, ("latents", "emb", "poses") + (guided if phase == "inversion" else ()))
 
 
 def _phase_runner(job: Job, model, d: dict, phase: str) -> Callable[[], object]:
@@ -358,14 +372,16 @@ def _phase_runner(job: Job, model, d: dict, phase: str) -> Callable[[], object]:
     if phase == "inversion":
         return lambda: ddim_invert(model, d["latents"], d["emb"], d["poses"], num_steps=2, guidance=job.guidance,
                                    uncond_embeddings=uncond)
-    if phase == "sampling":
-        if job.method == "eym_v2":
+    if phase == "sampling":  # the method's sampler
+        phase = "single_branch" if job.method == "eym_v2" else "two_branch"
+    if phase in ("single_branch", "two_branch"):
+        if phase == "single_branch":
             return lambda: single_branch_sample(model, d["latents"], d["emb2"], d["ref"], num_steps=2,
                                                 guidance=job.guidance, uncond_embeddings=uncond)
         return lambda: two_branch_sample(model, d["latents"], d["emb"], d["emb2"], d["poses"], d["ref"],
                                          SamplerConfig(num_steps=2, guidance_scale=job.guidance),
                                          uncond_embeddings=uncond)
-    raise InputError(f"phase must be one of {', '.join(PHASES)}; got {phase!r}")
+    raise InputError(f"phase must be one of {', '.join(PHASES + SAMPLERS)}; got {phase!r}")
 
 
 @dataclasses.dataclass
@@ -388,19 +404,20 @@ def device_total(peak_bytes: int) -> tuple[float, float]:
     return tuple(peak_bytes / GB * (1 + o) + CONTEXT_GB for o in OVERHEAD)
 
 
-def estimate(job: Job, phases=PHASES, unet_config: dict | None = None,
-             controlnet_config: dict | None = None) -> dict[str, PhaseEstimate]:
-    """Peak live device bytes of each phase of ``job``, from the pack's code on fake CUDA tensors.
+def estimate(job: Job, phases=PHASES, unet_config: dict | None = None, controlnet_config: dict | None = None,
+             motion_attention: bool | None = None, attention_mode: str | None = None) -> dict[str, PhaseEstimate]:
+    """Peak live device bytes of each phase of ``job``, from the pack's code on the stand-in GPU.
 
     ``unet_config`` / ``controlnet_config``: diffusers configs of the models to estimate (default:
-    ``job.size``'s shapes from :mod:`motion_core.testing.tiny`).
+    ``job.size``'s shapes from :mod:`motion_core.testing.tiny`), with ``motion_attention`` and
+    ``attention_mode`` as in :meth:`MotionModel.from_unet` (default: the method's).
     """
     job.check()
     out = {}
     with fake_gpu(job.weight_dtype) as fake:
         tracker = LiveBytes(DEVICE, job.block, skip=fake.host)
         with tracker:
-            model, d = _build(job, DEVICE, unet_config, controlnet_config)
+            model, d = _build(job, DEVICE, unet_config, controlnet_config, motion_attention, attention_mode)
         for phase in phases:
             run = _phase_runner(job, model, d, phase)
             with tracker:
@@ -419,15 +436,21 @@ def measure_real(job: Job, phase: str) -> dict:
     job.check()
     model, d = _build(job, "cpu")
     run = _phase_runner(job, model, d, phase)
-    run()  # warm-up: what a run builds once (attention plans, pose embeddings) is there in both counts
     tracker = LiveBytes("cpu", job.block)
     tracker.track(model)
     weights = tracker.live
-    with tracker:
+    # The inputs: a GPU run copies them to the device (the estimate counts those copies); on the CPU
+    # they are used in place, so they count from the start.
+    used = _inputs_of(job, phase)
+    tracker.track([d[k] for k in used])
+    with tracker:  # a first run, as the estimate's: attention plans and pose embeddings are made inside
         tracker.reset_peak()
         run()
+    model._pose_cache = None  # the same again for the allocator's count
+    model._plans.clear()
+    inputs = sum(d[k].untyped_storage().nbytes() for k in used)
     return {"tracker_peak_bytes": tracker.peak, "weights_bytes": weights,
-            "allocator_peak_bytes": weights + _profiled_growth(run)}
+            "allocator_peak_bytes": weights + inputs + _profiled_growth(run)}
 
 
 def _profiled_growth(fn: Callable[[], object]) -> int:
@@ -455,3 +478,115 @@ def _profiled_growth(fn: Callable[[], object]) -> int:
 def levers_text() -> str:
     return ("fewer frames, a lower resolution, gradient checkpointing on, 8-bit AdamW (optimizer adamw8bit), "
             "activation offload to the host, ControlNet offload")
+
+
+# --------------------------------------------------------------------------- command line
+LEVER_SETS = {
+    "default": {},
+    "adamw8bit": dict(optimizer="adamw8bit"),
+    "offload": dict(activation_offload=True),
+    "adamw8bit+offload": dict(optimizer="adamw8bit", activation_offload=True),
+    "no checkpointing": dict(gradient_checkpointing=False),
+    "rollback on device": dict(rollback="device"),
+}
+
+
+def add_arguments(p) -> None:
+    """Options of ``bench --estimate-memory`` (the others are the benchmark's)."""
+    p.add_argument("--estimate-memory", action="store_true",
+                   help="estimate device memory instead of benchmarking: the pack's code on data-less tensors "
+                        "(default SD1.5 shapes, 8 frames at 512x512, bf16 weights); no GPU needed")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
+                   help="tuning optimizer: adamw (torch) or adamw8bit (bitsandbytes, optional library)")
+    p.add_argument("--rollback", choices=ROLLBACKS, default="host",
+                   help="where tuning keeps the copy that undoes a failed stage (device = the old behaviour)")
+    p.add_argument("--activation-offload", action="store_true",
+                   help="keep activations saved for the backward pass on the host (torch save_on_cpu)")
+    p.add_argument("--table", action="store_true",
+                   help="with --estimate-memory: the README table (both methods, 8/16/24/48 frames x 512/768, "
+                        "with and without each lever); takes minutes")
+
+
+def job_from_args(args, method: str) -> Job:
+    dtype = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.precision]
+    return Job(method=method, frames=args.frames, resolution=args.resolution, size=args.size,
+               gradient_checkpointing=not args.no_checkpointing, optimizer=args.optimizer, rollback=args.rollback,
+               activation_offload=args.activation_offload, weight_dtype=dtype)
+
+
+def _band(peak: int) -> str:
+    lo, hi = device_total(peak)
+    return f"{lo:.1f}-{hi:.1f}"
+
+
+def print_estimate(job: Job, result: dict[str, PhaseEstimate]) -> None:
+    print(f"Memory estimate ({job.method}): {job.size} model, {job.frames} frames at {job.resolution}x{job.resolution}, "
+          f"{job.precision} weights, checkpointing {'on' if job.gradient_checkpointing else 'off'}, optimizer "
+          f"{job.optimizer}, rollback copy on the {job.rollback}, activation offload "
+          f"{'on' if job.activation_offload else 'off'}")
+    print(f"{'phase':<12}{'weights GB':>12}{'peak live GB':>14}{'device total GB':>18}")
+    for name, e in result.items():
+        print(f"{name:<12}{e.weights_bytes / GB:>12.2f}{e.peak_gb:>14.2f}{_band(e.peak_bytes):>18}")
+    worst = max(result.values(), key=lambda e: e.peak_bytes)
+    print(f"job peak: {worst.peak_gb:.2f} GB of live tensors in {worst.phase}; device total {_band(worst.peak_bytes)} GB "
+          f"(+{OVERHEAD[0]:.0%}-{OVERHEAD[1]:.0%} workspaces and fragmentation, +{CONTEXT_GB} GB CUDA context)")
+    print("(a GPU estimate from data-less tensors, not a measurement; long-clip windows are not available yet)")
+
+
+def table(methods=("eym_v1", "eym_v2"), frames=(8, 16, 24, 48), resolutions=(512, 768),
+          levers=("default", "adamw8bit", "offload", "adamw8bit+offload"), progress=None) -> list[dict]:
+    """Rows of the README table: per method, frame count and resolution, the device total (high end
+    of the band, GB) of the tuning steps under each lever set, and of inversion and sampling."""
+    rows = []
+    for method in methods:
+        for res in resolutions:
+            for n in frames:
+                row = {"method": method, "frames": n, "resolution": res}
+                for lever in levers:
+                    job = Job(method=method, frames=n, resolution=res, **LEVER_SETS[lever])
+                    phases = PHASES if lever == "default" else ("stage1", "stage2")
+                    est = estimate(job, phases)
+                    row[lever] = max(est["stage1"].peak_bytes, est["stage2"].peak_bytes)
+                    if lever == "default":
+                        row["inversion"], row["sampling"] = est["inversion"].peak_bytes, est["sampling"].peak_bytes
+                if progress:
+                    progress(row)
+                rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict], levers) -> str:
+    head = ["method", "frames x size"] + [f"tuning, {lv}" for lv in levers] + ["inversion", "sampling"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["method"], f"{r['frames']} x {r['resolution']}²"]
+        cells += [_band(r[lv]) for lv in levers] + [_band(r["inversion"]), _band(r["sampling"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    import json
+
+    methods = ("eym_v1", "eym_v2") if args.method == "both" else (args.method,)
+    if args.table:
+        levers = ("default", "adamw8bit", "offload", "adamw8bit+offload")
+        rows = table(methods, levers=levers, progress=lambda r: print(
+            f"{r['method']} {r['frames']} x {r['resolution']}: " + ", ".join(
+                f"{k} {_band(v)}" for k, v in r.items() if isinstance(v, int) and k not in ("frames", "resolution")),
+            flush=True))
+        print(format_table(rows, levers))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(rows, fh, indent=2)
+        return 0
+    out = {}
+    for method in methods:
+        job = job_from_args(args, method)
+        result = estimate(job)
+        print_estimate(job, result)
+        out[method] = {k: dataclasses.asdict(v) for k, v in result.items()}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+    return 0
