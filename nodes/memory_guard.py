@@ -9,7 +9,6 @@ node with new prompts or seeds costs nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -36,8 +35,7 @@ def _estimate(phase: str, job: memory.Job, unet_key: str, controlnet_key: str | 
               attention_mode: str) -> memory.PhaseEstimate:
     unet_config = json.loads(unet_key)
     controlnet_config = json.loads(controlnet_key) if controlnet_key is not None else None
-    with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; tuning needs autograd
-        return memory.estimate(job, (phase,), unet_config, controlnet_config, motion_attention, attention_mode)[phase]
+    return memory.estimate(job, (phase,), unet_config, controlnet_config, motion_attention, attention_mode)[phase]
 
 
 def estimate_for(handle, phase: str, latents: torch.Tensor, device: torch.device, **levers) -> memory.PhaseEstimate:

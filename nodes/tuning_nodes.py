@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from ..motion_core.errors import InputError
-from ..motion_core.method.tuner import OPTIMIZERS, SHUFFLE_MODES, TuneConfig, tune_stage
+from ..motion_core.method.tuner import OPTIMIZERS, SHUFFLE_MODES, TuneConfig, bitsandbytes_adamw8bit, tune_stage
 from . import comfy_bridge as bridge
 from .memory_guard import ensure_fits
 from .handle import (
@@ -74,7 +74,8 @@ def _tune(stage: int, video_model, latent, conditioning, poses, cond_name: str, 
     emb = embedding(conditioning, cond_name)
     hint = pose_hint(poses, latents, "source_poses")
     config.start_step = handle.steps.get(stage, 0)  # continuing a tuned model draws fresh randomness
-    config.validate()  # e.g. adamw8bit without bitsandbytes: say so before anything is unloaded
+    if config.optimizer == "adamw8bit":
+        bitsandbytes_adamw8bit()  # not installed: say so before anything is unloaded
     bridge.unload_other_models()
     ensure_fits(node or f"Edit-Your-Motion stage {stage}", handle, f"stage{stage}", latents,
                 gradient_checkpointing=config.gradient_checkpointing, optimizer=config.optimizer,

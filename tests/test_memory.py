@@ -145,3 +145,64 @@ def test_adamw8bit_tunes_only_the_stage_tensors(dtype):
         assert torch.equal(p, before[n]) == (n not in trained), n
         assert p.dtype == dtype
     assert all(torch.isfinite(torch.tensor(result.losses)))
+
+
+# --------------------------------------------------------------------------- the nodes' check
+def _node_data():
+    from edit_your_motion.motion_core.testing.synthetic import frames_to_latents, make_clip
+
+    src = make_clip(2, 64, 64, "wave", seed=2)
+    unet = tiny.build_unet("tiny", 0)
+    cond = [[tiny.encode_prompt("a person"), {"pooled_output": None}]]
+    return dict(unet=unet, cn=tiny.build_controlnet(unet, "tiny", 1), src=src, cond=cond,
+                latent={"samples": frames_to_latents(src.frames) / 0.18215})
+
+
+def test_bridge_reports_free_memory_outside_comfyui():
+    from edit_your_motion.nodes import comfy_bridge as bridge
+
+    free = bridge.free_memory(1, torch.device("cpu"))
+    assert free is None or free > 0
+
+
+def test_nodes_stop_before_their_first_step_when_the_job_cannot_fit(monkeypatch, tmp_path, comfy_inference_mode):
+    from edit_your_motion.nodes import comfy_bridge as bridge
+    from edit_your_motion.nodes import inference_nodes, model_nodes, tuning_nodes
+
+    d = _node_data()
+    handle = model_nodes.LoadVideoModel().run(d["unet"], d["cn"], "rc", "auto")[0]
+    before = {n: p.detach().clone() for n, p in handle.engine.model.named_parameters()}
+    asked = []
+    monkeypatch.setattr(bridge, "free_memory", lambda required, device: asked.append(required) or 1000)
+    monkeypatch.setenv("EYM_MODELS_DIR", str(tmp_path))
+    steps = []
+    monkeypatch.setattr(bridge.Progress, "step", lambda self, n=1, loss=None: steps.append(n))
+    with pytest.raises(InputError) as err:
+        tuning_nodes.TuneStage1().run(handle, d["latent"], d["cond"], d["src"].poses, 2, 1e-3, 0, "auto", True, 1.0,
+                                      "per_step")
+    msg = str(err.value)
+    assert "EYM Stage 1 Tuning" in msg and "not enough memory" in msg and "GB free" in msg
+    assert "0.0 GB are free" in msg and "Nothing was changed" in msg
+    assert asked and asked[0] > 0 and not steps  # asked ComfyUI for room, then stopped before any step
+    est = memory.estimate(memory.Job(method="eym_v1", frames=2, resolution=64, size="tiny",
+                                     weight_dtype=torch.float32, block=1), ("stage1",))["stage1"]
+    # on the CPU the weights are in place already: the need is the rest of the peak, with the margin
+    assert asked[0] == int((est.peak_bytes - est.weights_bytes) * 1.10)
+    with pytest.raises(InputError, match="EYM Two-Branch Sampler: not enough memory"):
+        inference_nodes.TwoBranchSampler().run(handle, d["latent"], d["cond"], d["cond"], d["src"].poses,
+                                               d["src"].poses, 2, 1.0, 1.0, 0, 0.0, 0.0, 1.0, "down+mid+up", "concat",
+                                               True)
+    after = dict(handle.engine.model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before)  # no model left changed
+    assert not any(tmp_path.iterdir())  # no file written
+
+
+def test_tuning_node_names_the_missing_library(monkeypatch, comfy_inference_mode):
+    from edit_your_motion.nodes import model_nodes, tuning_nodes
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    d = _node_data()
+    handle = model_nodes.LoadVideoModel().run(d["unet"], d["cn"], "rc", "auto")[0]
+    with pytest.raises(InputError, match="pip install bitsandbytes"):
+        tuning_nodes.TuneStage2().run(handle, d["latent"], d["cond"], d["src"].poses, 2, 1e-3, 0, "auto", True, 1.0,
+                                      0.9, optimizer="adamw8bit")

@@ -414,7 +414,8 @@ def estimate(job: Job, phases=PHASES, unet_config: dict | None = None, controlne
     """
     job.check()
     out = {}
-    with fake_gpu(job.weight_dtype) as fake:
+    # ComfyUI runs nodes in inference mode; the model is built and tuned outside it, as the nodes do
+    with torch.inference_mode(False), fake_gpu(job.weight_dtype) as fake:
         tracker = LiveBytes(DEVICE, job.block, skip=fake.host)
         with tracker:
             model, d = _build(job, DEVICE, unet_config, controlnet_config, motion_attention, attention_mode)
@@ -533,22 +534,39 @@ def print_estimate(job: Job, result: dict[str, PhaseEstimate]) -> None:
     print("(a GPU estimate from data-less tensors, not a measurement; long-clip windows are not available yet)")
 
 
-def table(methods=("eym_v1", "eym_v2"), frames=(8, 16, 24, 48), resolutions=(512, 768),
-          levers=("default", "adamw8bit", "offload", "adamw8bit+offload"), progress=None) -> list[dict]:
-    """Rows of the README table: per method, frame count and resolution, the device total (high end
-    of the band, GB) of the tuning steps under each lever set, and of inversion and sampling."""
-    rows = []
+PEAK_STAGE = {"eym_v1": "stage1", "eym_v2": "stage2"}
+
+
+def table(methods=("eym_v1", "eym_v2"), frames=(8, 16, 24, 48), resolutions=(512, 768), progress=None) -> list[dict]:
+    """Rows of the README table: per method, frame count and resolution, the peak live bytes of
+    tuning (the larger stage), inversion and sampling with the defaults, and of tuning with each lever.
+
+    Activation offload is estimated for every row. 8-bit AdamW changes only the optimizer's state,
+    which is the same at every size: its saving is estimated once per method (at the first size)
+    and subtracted; "both" is the offload estimate minus that saving.
+    """
+    rows, saving = [], {}
     for method in methods:
+        stage = PEAK_STAGE[method]
         for res in resolutions:
             for n in frames:
-                row = {"method": method, "frames": n, "resolution": res}
-                for lever in levers:
-                    job = Job(method=method, frames=n, resolution=res, **LEVER_SETS[lever])
-                    phases = PHASES if lever == "default" else ("stage1", "stage2")
-                    est = estimate(job, phases)
-                    row[lever] = max(est["stage1"].peak_bytes, est["stage2"].peak_bytes)
-                    if lever == "default":
-                        row["inversion"], row["sampling"] = est["inversion"].peak_bytes, est["sampling"].peak_bytes
+                est = estimate(Job(method=method, frames=n, resolution=res))
+                row = {"method": method, "frames": n, "resolution": res,
+                       "default": max(est["stage1"].peak_bytes, est["stage2"].peak_bytes),
+                       "inversion": est["inversion"].peak_bytes, "sampling": est["sampling"].peak_bytes}
+                if method not in saving:
+                    eight = estimate(Job(method=method, frames=n, resolution=res, optimizer="adamw8bit"), (stage,))
+                    saving[method] = est[stage].peak_bytes - eight[stage].peak_bytes
+                row["adamw8bit"] = row["default"] - saving[method]
+                off = estimate(Job(method=method, frames=n, resolution=res, activation_offload=True), (stage,))
+                row["offload"] = off[stage].peak_bytes
+                row["adamw8bit+offload"] = row["offload"] - saving[method]
+                ckpt = None
+                if n == frames[0] and res == resolutions[0]:
+                    ckpt = estimate(Job(method=method, frames=n, resolution=res, gradient_checkpointing=False), (stage,))
+                    row["no checkpointing"] = ckpt[stage].peak_bytes
+                    dev = estimate(Job(method=method, frames=n, resolution=res, rollback="device"), (stage,))
+                    row["rollback on device"] = dev[stage].peak_bytes
                 if progress:
                     progress(row)
                 rows.append(row)
@@ -571,7 +589,7 @@ def run(args) -> int:
     methods = ("eym_v1", "eym_v2") if args.method == "both" else (args.method,)
     if args.table:
         levers = ("default", "adamw8bit", "offload", "adamw8bit+offload")
-        rows = table(methods, levers=levers, progress=lambda r: print(
+        rows = table(methods, progress=lambda r: print(
             f"{r['method']} {r['frames']} x {r['resolution']}: " + ", ".join(
                 f"{k} {_band(v)}" for k, v in r.items() if isinstance(v, int) and k not in ("frames", "resolution")),
             flush=True))
