@@ -299,6 +299,7 @@ class Job:
     weight_dtype: torch.dtype = torch.bfloat16  # storage (and autocast) dtype of the weights
     guidance: float = 1.0
     block: int = CUDA_BLOCK  # allocator granularity (1 to count exact bytes)
+    inputs_on_device: bool = False  # inputs made on the device (as on the CPU) instead of copied from the host
 
     def check(self) -> None:
         if self.method not in ("eym_v1", "eym_v2"):
@@ -419,6 +420,8 @@ def estimate(job: Job, phases=PHASES, unet_config: dict | None = None, controlne
         tracker = LiveBytes(DEVICE, job.block, skip=fake.host)
         with tracker:
             model, d = _build(job, DEVICE, unet_config, controlnet_config, motion_attention, attention_mode)
+            if job.inputs_on_device:  # the inputs of the (first) phase
+                d.update({k: d[k].to(DEVICE) for k in _inputs_of(job, phases[0])})
         for phase in phases:
             run = _phase_runner(job, model, d, phase)
             with tracker:
