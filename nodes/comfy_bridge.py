@@ -62,6 +62,32 @@ def soft_empty_cache() -> None:
         torch.cuda.empty_cache()
 
 
+def _host_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def free_memory(required: int, device: torch.device) -> int | None:
+    """Ask ComfyUI to unload models from ``device`` until ``required`` bytes are free there, and
+    return the bytes free afterwards (None where unknown). Outside ComfyUI: torch's cached blocks
+    are released and the driver's free memory is returned (the host's available memory for the CPU)."""
+    if HAS_COMFY:
+        _mm.free_memory(int(required), device)
+        return int(_mm.get_free_memory(device))
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu":
+        return _host_available()
+    return None
+
+
 def is_oom(exc: BaseException) -> bool:
     if HAS_COMFY:
         return bool(_mm.is_oom(exc))

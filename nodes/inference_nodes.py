@@ -12,6 +12,7 @@ from ..motion_core.pose.masks import person_masks_from_keypoints
 from ..motion_core.method.sampler import SamplerConfig, two_branch_sample
 from . import comfy_bridge as bridge
 from .handle import CATEGORY, MODEL_TYPE, activated, check_handle, embedding, latents_in, latents_out, pose_hint
+from .memory_guard import ensure_fits
 
 log = logging.getLogger("edit_your_motion")
 
@@ -141,8 +142,9 @@ class DDIMInversion:
         if guidance > 1 and negative is None:
             raise InputError("guidance > 1 needs 'negative': connect a CLIP Text Encode with an empty prompt, or set guidance to 1")
         uncond = embedding(negative, "negative") if guidance > 1 else None
+        need = ensure_fits("EYM DDIM Inversion", handle, "inversion", latents, guidance=guidance)
         progress = bridge.Progress(steps, "Edit-Your-Motion inversion")
-        with activated(handle) as model:
+        with activated(handle, memory_required=need) as model:
             z_t, trajectory = ddim_invert_trajectory(
                 model, latents, emb, hint, num_steps=steps, control_scale=control_strength, guidance=guidance,
                 uncond_embeddings=uncond, callback=lambda s, t: progress.step())
@@ -224,8 +226,9 @@ class TwoBranchSampler:
         ref = pose_hint(reference_poses, z_t, "reference_poses")
         keep = build_keeper(inverted_latent, z_t, keep_background, source_mask, reference_keypoints, change_region,
                             region_grow, region_feather, ghost_fill, renoise_ghost, seed)
+        need = ensure_fits("EYM Two-Branch Sampler", handle, "two_branch", z_t, guidance=guidance)
         progress = bridge.Progress(steps, "Edit-Your-Motion sampling")
-        with activated(handle) as model:
+        with activated(handle, memory_required=need) as model:
             result = two_branch_sample(model, z_t, recon_emb, edit_emb, src, ref, config, uncond_embeddings=uncond,
                                        callback=lambda s, t: progress.step(), keep=keep)
         return (latents_out(result.edited, scale), latents_out(result.reconstruction, scale))

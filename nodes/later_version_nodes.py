@@ -12,14 +12,17 @@ from . import comfy_bridge as bridge
 from .handle import CATEGORY, MODEL_TYPE, activated, check_handle, embedding, latents_in, latents_out, pose_hint
 from .inference_nodes import (INVERSION_KEY, _guidance_input, _negative_input, _steps_input, build_keeper,
                               keep_background_inputs)
-from .tuning_nodes import _common_inputs, _tune
+from .memory_guard import ensure_fits
+from .tuning_nodes import _common_inputs, _tune, memory_inputs
 
 log = logging.getLogger("edit_your_motion")
 
 
-def _stl_config(steps, learning_rate, seed, precision, gradient_checkpointing, control_strength) -> TuneConfig:
+def _stl_config(steps, learning_rate, seed, precision, gradient_checkpointing, control_strength, optimizer,
+                activation_offload) -> TuneConfig:
     return TuneConfig(steps=steps, learning_rate=learning_rate, seed=seed, precision=precision,
-                      gradient_checkpointing=gradient_checkpointing, shuffle="none", control_scale=control_strength)
+                      gradient_checkpointing=gradient_checkpointing, shuffle="none", control_scale=control_strength,
+                      optimizer=optimizer, activation_offload=activation_offload)
 
 
 class STLStage1:
@@ -42,13 +45,14 @@ class STLStage1:
             "source_poses": ("IMAGE", {"tooltip": "Pose images of the source video, one per frame (EYM Extract Poses)."}),
         }
         required.update(_common_inputs("Optimisation steps (paper: 300, its best setting in Table V)."))
-        return {"required": required}
+        return {"required": required, "optional": memory_inputs()}
 
     def run(self, video_model, masked_latent, source_conditioning, source_poses, steps, learning_rate, seed,
-            precision, gradient_checkpointing, control_strength):
-        config = _stl_config(steps, learning_rate, seed, precision, gradient_checkpointing, control_strength)
+            precision, gradient_checkpointing, control_strength, optimizer="adamw", activation_offload=False):
+        config = _stl_config(steps, learning_rate, seed, precision, gradient_checkpointing, control_strength,
+                             optimizer, activation_offload)
         return _tune(1, video_model, masked_latent, source_conditioning, source_poses, "source_conditioning",
-                     "masked_latent", config, method="eym_v2")
+                     "masked_latent", config, method="eym_v2", node="EYM STL Stage 1")
 
 
 class STLStage2:
@@ -71,13 +75,14 @@ class STLStage2:
             "source_poses": ("IMAGE", {"tooltip": "Pose images of the source video, one per frame."}),
         }
         required.update(_common_inputs("Optimisation steps (paper: 300)."))
-        return {"required": required}
+        return {"required": required, "optional": memory_inputs()}
 
     def run(self, video_model, latent, source_conditioning, source_poses, steps, learning_rate, seed, precision,
-            gradient_checkpointing, control_strength):
-        config = _stl_config(steps, learning_rate, seed, precision, gradient_checkpointing, control_strength)
+            gradient_checkpointing, control_strength, optimizer="adamw", activation_offload=False):
+        config = _stl_config(steps, learning_rate, seed, precision, gradient_checkpointing, control_strength,
+                             optimizer, activation_offload)
         return _tune(2, video_model, latent, source_conditioning, source_poses, "source_conditioning", "latent",
-                     config, method="eym_v2")
+                     config, method="eym_v2", node="EYM STL Stage 2")
 
 
 class SingleBranchSampler:
@@ -130,8 +135,9 @@ class SingleBranchSampler:
         ref = pose_hint(reference_poses, z_t, "reference_poses")
         keep = build_keeper(inverted_latent, z_t, keep_background, source_mask, reference_keypoints, change_region,
                             region_grow, region_feather, ghost_fill, renoise_ghost, seed)
+        need = ensure_fits("EYM Single-Branch Sampler", handle, "single_branch", z_t, guidance=guidance)
         progress = bridge.Progress(steps, "Edit-Your-Motion sampling (single branch)")
-        with activated(handle) as model:
+        with activated(handle, memory_required=need) as model:
             edited = single_branch_sample(model, z_t, emb, ref, num_steps=steps, control_scale=control_strength,
                                           guidance=guidance, uncond_embeddings=uncond,
                                           callback=lambda s, t: progress.step(), keep=keep)

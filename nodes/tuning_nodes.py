@@ -6,8 +6,9 @@ import logging
 
 from ..motion_core.errors import InputError
 from ..motion_core.method.stages import tune_stage
-from ..motion_core.method.tuner import SHUFFLE_MODES, TuneConfig
+from ..motion_core.method.tuner import OPTIMIZERS, SHUFFLE_MODES, TuneConfig, bitsandbytes_adamw8bit
 from . import comfy_bridge as bridge
+from .memory_guard import ensure_fits
 from .handle import (
     CATEGORY, MODEL_TYPE, PERMUTATION_TYPE, activated, check_handle, embedding, latents_in, pose_hint,
     training_precision,
@@ -40,8 +41,27 @@ def _common_inputs(steps_tooltip: str) -> dict:
     }
 
 
+OPTIMIZER_TOOLTIP = (
+    "adamw: torch's AdamW (paper). adamw8bit: bitsandbytes' 8-bit AdamW, whose moments take a quarter of the memory "
+    "(SD1.5 at 8 x 512x512: about -0.3 GB for the first version, -1.1 GB for the later one); needs `pip install "
+    "bitsandbytes` in ComfyUI's Python."
+)
+OFFLOAD_TOOLTIP = (
+    "Keep the activations saved for the backward pass in host memory instead of on the GPU (torch save_on_cpu): "
+    "about -1 GB at 8 x 512x512, paid for with copies over PCIe every step. Results are the same."
+)
+
+
+def memory_inputs() -> dict:
+    """Optional inputs of every tuning node: the memory levers (defaults = the paper's setup)."""
+    return {
+        "optimizer": (list(OPTIMIZERS), {"default": "adamw", "tooltip": OPTIMIZER_TOOLTIP}),
+        "activation_offload": ("BOOLEAN", {"default": False, "tooltip": OFFLOAD_TOOLTIP}),
+    }
+
+
 def _tune(stage: int, video_model, latent, conditioning, poses, cond_name: str, latent_name: str,
-          config: TuneConfig, permutation=None, method: str = "eym_v1"):
+          config: TuneConfig, permutation=None, method: str = "eym_v1", node: str = ""):
     handle = check_handle(video_model, "video_model")
     built_for = handle.engine.model.method
     if built_for != method:
@@ -55,7 +75,12 @@ def _tune(stage: int, video_model, latent, conditioning, poses, cond_name: str, 
     emb = embedding(conditioning, cond_name)
     hint = pose_hint(poses, latents, "source_poses")
     config.start_step = handle.steps.get(stage, 0)  # continuing a tuned model draws fresh randomness
+    if config.optimizer == "adamw8bit":
+        bitsandbytes_adamw8bit()  # not installed: say so before anything is unloaded
     bridge.unload_other_models()
+    ensure_fits(node or f"Edit-Your-Motion stage {stage}", handle, f"stage{stage}", latents,
+                gradient_checkpointing=config.gradient_checkpointing, optimizer=config.optimizer,
+                activation_offload=config.activation_offload)
     progress = bridge.Progress(config.steps, f"Edit-Your-Motion stage {stage}")
     with activated(handle, trains=True) as model:
         config.precision = training_precision(config.precision, handle, model.device)
@@ -92,15 +117,18 @@ class TuneStage1:
                        "its fixed order (with per_step too); with none it is an error.",
         })
         return {"required": required, "optional": {
+            **memory_inputs(),
             "permutation": (PERMUTATION_TYPE, {"tooltip": "A frame order from EYM Shuffle Frames: stage 1 then trains on this fixed order (shuffle per_step or fixed; refused with none). It must order exactly this clip's frames."}),
         }}
 
     def run(self, video_model, masked_latent, content_conditioning, source_poses, steps, learning_rate, seed,
-            precision, gradient_checkpointing, control_strength, shuffle, permutation=None):
+            precision, gradient_checkpointing, control_strength, shuffle, permutation=None, optimizer="adamw",
+            activation_offload=False):
         config = TuneConfig(steps=steps, learning_rate=learning_rate, seed=seed, precision=precision,
-                            gradient_checkpointing=gradient_checkpointing, shuffle=shuffle, control_scale=control_strength)
+                            gradient_checkpointing=gradient_checkpointing, shuffle=shuffle, control_scale=control_strength,
+                            optimizer=optimizer, activation_offload=activation_offload)
         return _tune(1, video_model, masked_latent, content_conditioning, source_poses, "content_conditioning",
-                     "masked_latent", config, permutation)
+                     "masked_latent", config, permutation, node="EYM Stage 1 Tuning")
 
 
 class TuneStage2:
@@ -127,14 +155,16 @@ class TuneStage2:
             "default": 0.9, "min": 0.0, "max": 1.0, "step": 0.01,
             "tooltip": "lambda in (1 - lambda) * L_noise + lambda * L_rec (paper: 0.9). Lower values smooth the motion more.",
         })
-        return {"required": required}
+        return {"required": required, "optional": memory_inputs()}
 
     def run(self, video_model, latent, source_conditioning, source_poses, steps, learning_rate, seed, precision,
-            gradient_checkpointing, control_strength, noise_constraint_lambda):
+            gradient_checkpointing, control_strength, noise_constraint_lambda, optimizer="adamw",
+            activation_offload=False):
         config = TuneConfig(steps=steps, learning_rate=learning_rate, seed=seed, precision=precision,
                             gradient_checkpointing=gradient_checkpointing, lam=noise_constraint_lambda,
-                            control_scale=control_strength)
-        return _tune(2, video_model, latent, source_conditioning, source_poses, "source_conditioning", "latent", config)
+                            control_scale=control_strength, optimizer=optimizer, activation_offload=activation_offload)
+        return _tune(2, video_model, latent, source_conditioning, source_poses, "source_conditioning", "latent", config,
+                     node="EYM Stage 2 Tuning")
 
 
 NODE_CLASS_MAPPINGS = {"EYM_TuneStage1": TuneStage1, "EYM_TuneStage2": TuneStage2}

@@ -23,6 +23,8 @@ How it counts:
 * CPU, tiny models: ``python -m motion_core bench`` (also the two ratios: batched RC-Attn vs a
   per-frame loop at 16 frames, and an inflated tuning step vs a plain diffusers UNet training step
   of the same size).
+* Device memory without a GPU: ``python -m motion_core bench --estimate-memory`` (see
+  ``motion_core/apps/memory.py``; ``--table`` prints the README's table).
 * GPU, SD1.5-shaped random weights, the paper's job (8 frames, 512x512, 300 + 300 + 50 + 50):
   ``python -m motion_core bench --size sd15 --frames 8 --resolution 512 --full``.
 
@@ -63,9 +65,11 @@ aten = torch.ops.aten
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", choices=("tiny", "small", "sd15"), default="tiny", help="model size (sd15 = SD1.5 shapes, random weights)")
+    p.add_argument("--size", choices=("tiny", "small", "sd15"), default=None,
+                   help="model size (sd15 = SD1.5 shapes, random weights); default tiny, sd15 with --estimate-memory")
     p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--resolution", type=int, default=64, help="frame size in pixels (latents are 1/8)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="frame size in pixels (latents are 1/8); default 64, 512 with --estimate-memory")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="weights and autocast: auto = bf16 on GPU, fp32 on CPU")
@@ -82,6 +86,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=("eym_v1", "eym_v2", "both"), default="both",
                    help="first version, later version (Motion Attention + STL + one branch), or both")
     p.add_argument("--json", help="also write the results to this file")
+    from .memory import add_arguments as add_memory_arguments
+
+    add_memory_arguments(p)
 
 
 def _sync(device: torch.device) -> None:
@@ -481,6 +488,11 @@ def tuning_step_ratio(size: str = "tiny", frames: int = 8, resolution: int = 64,
 
 
 def check_arguments(args) -> None:
+    estimating = getattr(args, "estimate_memory", False)
+    if args.size is None:
+        args.size = "sd15" if estimating else "tiny"
+    if args.resolution is None:
+        args.resolution = 512 if estimating else 64
     if args.frames < 1:
         raise InputError(f"--frames must be >= 1; got {args.frames}")
     if args.resolution < 8 or args.resolution % 8:
@@ -511,6 +523,10 @@ def _print_method(res: dict, args) -> None:
 
 def run(args) -> int:
     check_arguments(args)
+    if getattr(args, "estimate_memory", False):
+        from .memory import run as estimate_memory
+
+        return estimate_memory(args)
     methods = ("eym_v1", "eym_v2") if args.method == "both" else (args.method,)
     results = {m: measure(args, m) for m in methods}
     res = dict(results[methods[0]])

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -37,6 +37,12 @@ log = logging.getLogger("edit_your_motion")
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SHUFFLE_MODES = ("per_step", "fixed", "none")
+#: ``adamw``: torch's AdamW (fused on CUDA); ``adamw8bit``: bitsandbytes' 8-bit AdamW (optional library),
+#: whose moments take 2 bytes per trained value instead of 8.
+OPTIMIZERS = ("adamw", "adamw8bit")
+#: Where the copy of the trained tensors kept to undo a failed or cancelled stage lives.
+ROLLBACKS = ("host", "device")
+BNB_INSTALL = "pip install bitsandbytes"
 
 #: ``callback(step, total_steps, loss)`` after every optimizer step; raise inside it to cancel.
 #: ``loss`` is that of the previous step (None at the first): reading the current one would make
@@ -57,6 +63,9 @@ class TuneConfig:
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
     start_step: int = 0
+    optimizer: str = "adamw"
+    rollback: str = "host"
+    activation_offload: bool = False
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -71,6 +80,12 @@ class TuneConfig:
             raise InputError(f"shuffle must be one of {', '.join(SHUFFLE_MODES)}; got {self.shuffle!r}")
         if self.start_step < 0:
             raise InputError(f"start_step must be >= 0; got {self.start_step}")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
+        if self.rollback not in ROLLBACKS:
+            raise InputError(f"rollback must be one of {', '.join(ROLLBACKS)}; got {self.rollback!r}")
+        if self.optimizer == "adamw8bit":
+            bitsandbytes_adamw8bit()  # says what to install before any work is done
 
 
 #: ``loss(pred, noise, config)``: the stage's training loss from the noise prediction ``pred`` and
@@ -120,6 +135,27 @@ def plain_loss(pred: torch.Tensor, noise: torch.Tensor, config: TuneConfig) -> t
     return reconstruction_loss(pred, noise)
 
 
+def bitsandbytes_adamw8bit():
+    """bitsandbytes' ``AdamW8bit`` class, or an InputError that says how to install it."""
+    try:
+        import bitsandbytes as bnb  # optional: only the adamw8bit optimizer needs it
+    except ImportError as exc:
+        raise InputError(
+            f"optimizer adamw8bit needs the bitsandbytes library, which is not installed ({exc}); install it into "
+            f"ComfyUI's Python with `{BNB_INSTALL}`, or choose optimizer adamw"
+        ) from None
+    return bnb.optim.AdamW8bit
+
+
+def make_optimizer(params: list[torch.Tensor], config: TuneConfig, device: torch.device) -> torch.optim.Optimizer:
+    """The stage's optimizer: torch's AdamW (fused on CUDA) or bitsandbytes' 8-bit AdamW, with the
+    config's learning rate and weight decay and AdamW's default betas and epsilon."""
+    if config.optimizer == "adamw8bit":
+        return bitsandbytes_adamw8bit()(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
+                             fused=device.type == "cuda")
+
+
 @contextmanager
 def _training_mode(model: MotionModel, names: list[str], config: TuneConfig):
     """Unfreeze ``names`` (as float32 master tensors), set precision and checkpointing; undo after.
@@ -129,7 +165,10 @@ def _training_mode(model: MotionModel, names: list[str], config: TuneConfig):
     """
     params = dict(model.unet.named_parameters())
     trained = [params[n] for n in names]
-    before = {n: params[n].detach().clone() for n in names}
+    # The copy that undoes a failed stage: on the host by default (it is read only on failure).
+    host = torch.device("cpu")
+    before = {n: (params[n].detach().to(host, copy=True) if config.rollback == "host" else params[n].detach().clone())
+              for n in names}
     dtypes = {n: params[n].dtype for n in names}
     compute = PRECISIONS[config.precision]
     frozen_half = any(p.dtype in (torch.float16, torch.bfloat16) for n, p in params.items() if n not in before)
@@ -270,10 +309,9 @@ def _train(model, recipe, names, latents, text_embeddings, poses, config, callba
     n = latents.shape[0]
     stage = recipe.stage
     with _training_mode(model, names, config) as trained:
-        optimizer = torch.optim.AdamW(
-            trained, lr=config.learning_rate, weight_decay=config.weight_decay,
-            fused=device.type == "cuda",
-        )
+        optimizer = make_optimizer(trained, config, device)
+        offload = (torch.autograd.graph.save_on_cpu(pin_memory=device.type == "cuda") if config.activation_offload
+                   else nullcontext())
         scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
         pending = None
         for k in range(config.start_step, config.start_step + config.steps):
@@ -289,8 +327,9 @@ def _train(model, recipe, names, latents, text_embeddings, poses, config, callba
             noise = to_device(torch.randn(z0.shape, generator=gen), device)
             t = to_device(t, device).expand(n)
             zt = scheduler.add_noise(z0, noise, t)
-            pred = model.predict(zt, t, text_embeddings, n, poses=poses, pose_order=order,
-                                 control_scale=config.control_scale, plan=plan)
+            with offload:  # activations saved for backward go to the host (lever activation_offload)
+                pred = model.predict(zt, t, text_embeddings, n, poses=poses, pose_order=order,
+                                     control_scale=config.control_scale, plan=plan)
             loss = recipe.loss(pred, noise, config)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
