@@ -15,7 +15,7 @@ Environment:
   files (~3 GB) are written there only when missing. Default: a temporary folder, whose model
   files are deleted afterwards.
 * ``EYM_COMFYUI_WORKFLOW``: an API-format workflow to test instead of the shipped
-  ``workflows/api/edit_your_motion_api.json``.
+  ``example_workflows/api/edit_your_motion_api.json``.
 * ``EYM_COMFYUI_PACK``: the pack folder to install (default: this repository).
 
 Nothing is downloaded: the SD1.5 checkpoint, the openpose ControlNet and the OpenPose body model
@@ -62,7 +62,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # The pack folder to install; another checkout of it can be tested with EYM_COMFYUI_PACK.
 PACK = Path(os.environ.get("EYM_COMFYUI_PACK") or ROOT).resolve()
 COMFY_DIR = os.environ.get("EYM_COMFYUI_DIR", "")
-_WORKFLOW_CANDIDATES = [ROOT / "workflows" / "api" / "edit_your_motion_api.json",
+_WORKFLOW_CANDIDATES = [ROOT / "example_workflows" / "api" / "edit_your_motion_api.json",
+                        ROOT / "workflows" / "api" / "edit_your_motion_api.json",
                         ROOT / "workflows" / "edit_your_motion_api.json"]
 WORKFLOW = Path(os.environ.get("EYM_COMFYUI_WORKFLOW")
                 or next((p for p in _WORKFLOW_CANDIDATES if p.is_file()), _WORKFLOW_CANDIDATES[0]))

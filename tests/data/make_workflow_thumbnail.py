@@ -1,4 +1,4 @@
-"""Write workflows/edit_your_motion.jpg, the template browser's thumbnail of the shipped workflow.
+"""Write example_workflows/*.jpg, the template browser's thumbnail of the shipped workflow.
 
 It shows what the workflow's first steps make of a real photograph, with nothing downloaded:
 scikit-image's astronaut (public domain, shipped in the scikit-image wheel) | the pose that
@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-OUT = ROOT / "workflows" / "edit_your_motion.jpg"
+OUT = ROOT / "example_workflows" / "Edit-Your-Motion (video, paper method).jpg"
 PANEL = 256
 
 
