@@ -60,6 +60,7 @@ class DDIMInversion:
 
     def run(self, video_model, latent, source_conditioning, source_poses, steps, use_controlnet, control_strength,
             guidance, negative=None):
+        progress = bridge.Progress(steps, "Edit-Your-Motion inversion", prepare=1)  # shown from the first second
         handle = check_handle(video_model, "video_model")
         scale = handle.engine.latent_scale
         latents = latents_in(latent, scale, "latent")
@@ -68,7 +69,7 @@ class DDIMInversion:
         if guidance > 1 and negative is None:
             raise InputError("guidance > 1 needs 'negative': connect a CLIP Text Encode with an empty prompt, or set guidance to 1")
         uncond = embedding(negative, "negative") if guidance > 1 else None
-        progress = bridge.Progress(steps, "Edit-Your-Motion inversion")
+        progress.phase("moving the video model to the device")
         with activated(handle) as model:
             z_t = ddim_invert(model, latents, emb, hint, num_steps=steps, control_scale=control_strength,
                               guidance=guidance, uncond_embeddings=uncond, callback=lambda s, t: progress.step())
@@ -122,6 +123,7 @@ class TwoBranchSampler:
     def run(self, video_model, inverted_latent, source_conditioning, target_conditioning, source_poses, reference_poses,
             steps, control_strength, guidance, seed, eta, inject_start, inject_end, inject_layers, kv_injection,
             reconstruction_controlnet, negative=None):
+        progress = bridge.Progress(steps, "Edit-Your-Motion sampling", prepare=1)  # shown from the first second
         handle = check_handle(video_model, "video_model")
         scale = handle.engine.latent_scale
         z_t = latents_in(inverted_latent, scale, "inverted_latent")
@@ -145,7 +147,7 @@ class TwoBranchSampler:
         uncond = embedding(negative, "negative") if guidance > 1 else None
         src = pose_hint(source_poses, z_t, "source_poses")
         ref = pose_hint(reference_poses, z_t, "reference_poses")
-        progress = bridge.Progress(steps, "Edit-Your-Motion sampling")
+        progress.phase("moving the video model to the device")
         with activated(handle) as model:
             result = two_branch_sample(model, z_t, recon_emb, edit_emb, src, ref, config, uncond_embeddings=uncond,
                                        callback=lambda s, t: progress.step())

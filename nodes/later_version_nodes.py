@@ -109,6 +109,7 @@ class SingleBranchSampler:
 
     def run(self, video_model, inverted_latent, target_conditioning, reference_poses, steps, control_strength, guidance,
             negative=None):
+        progress = bridge.Progress(steps, "Edit-Your-Motion sampling (single branch)", prepare=1)  # from the first second
         handle = check_handle(video_model, "video_model")
         scale = handle.engine.latent_scale
         z_t = latents_in(inverted_latent, scale, "inverted_latent")
@@ -122,7 +123,7 @@ class SingleBranchSampler:
         emb = embedding(target_conditioning, "target_conditioning")
         uncond = embedding(negative, "negative") if guidance > 1 else None
         ref = pose_hint(reference_poses, z_t, "reference_poses")
-        progress = bridge.Progress(steps, "Edit-Your-Motion sampling (single branch)")
+        progress.phase("moving the video model to the device")
         with activated(handle) as model:
             edited = single_branch_sample(model, z_t, emb, ref, num_steps=steps, control_scale=control_strength,
                                           guidance=guidance, uncond_embeddings=uncond,

@@ -41,6 +41,8 @@ def _common_inputs(steps_tooltip: str) -> dict:
 
 def _tune(stage: int, video_model, latent, conditioning, poses, cond_name: str, latent_name: str,
           config: TuneConfig, permutation=None, method: str = "eym_v1"):
+    # the bar shows from the first second; its 3 set-up units cover what runs before the first step
+    progress = bridge.Progress(config.steps, f"Edit-Your-Motion stage {stage}", prepare=3)
     handle = check_handle(video_model, "video_model")
     built_for = handle.engine.model.method
     if built_for != method:
@@ -54,9 +56,11 @@ def _tune(stage: int, video_model, latent, conditioning, poses, cond_name: str, 
     emb = embedding(conditioning, cond_name)
     hint = pose_hint(poses, latents, "source_poses")
     config.start_step = handle.steps.get(stage, 0)  # continuing a tuned model draws fresh randomness
+    progress.phase("freeing the device (unloading ComfyUI's other models)")
     bridge.unload_other_models()
-    progress = bridge.Progress(config.steps, f"Edit-Your-Motion stage {stage}")
+    progress.phase("moving the video model to the device")
     with activated(handle, trains=True) as model:
+        progress.phase("building the optimiser and running the first step")
         config.precision = training_precision(config.precision, handle, model.device)
         result = tune_stage(model, stage, latents, emb, hint, config,
                             callback=lambda step, total, loss: progress.step(loss=loss), permutation=permutation)
