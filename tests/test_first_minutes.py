@@ -35,8 +35,8 @@ UI_FILES = tw.UI_FILES
 # What the frontend (1.43) draws: node titles at 14 px, group titles at 24 px; below a zoom of
 # MinFontSizeForLOD (8 px) / 14 px = 0.57 it draws nodes as blank boxes (on a display with devicePixelRatio 1).
 NODE_TITLE_PX, GROUP_TITLE_PX, MIN_FONT_PX = 14, 24, 8
-# A small laptop's browser window, less the frontend's top bar and side bar.
-SCREEN_W, SCREEN_H, TOP_BAR, SIDE_BAR = 1280, 720, 40, 48
+# A small laptop's browser window, less the frontend's tab bar with the floating Graph button (90 px) and side bar.
+SCREEN_W, SCREEN_H, TOP_BAR, SIDE_BAR = 1280, 720, 90, 60
 
 
 def _text_width(text: str, px: int) -> float:
@@ -382,3 +382,13 @@ def test_error_types_do_not_show_the_install_path():
 @pytest.fixture(scope="module")
 def defs():
     return tw.load_definitions()
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_workflow_asks_to_open_at_its_saved_view(path):
+    """The frontend fits a template's whole graph into the window (27% for these graphs: blank boxes);
+    web/edit_your_motion.js restores the saved view of workflows that ask for it."""
+    ui = tw._load(path)
+    assert ui["extra"]["edit_your_motion"] == {"open_at_saved_view": True}
+    js = (tw.ROOT / "web" / "edit_your_motion.js").read_text()
+    assert "afterConfigureGraph" in js and "open_at_saved_view" in js and "extra?.ds" in js
