@@ -61,10 +61,23 @@ def keypoints_at_size(pose_keypoint, person, allow_missing: bool, height: int, w
                       name: str = "pose_keypoint") -> tuple[np.ndarray, int, int]:
     """Pixel keypoints of ``pose_keypoint`` rescaled to the requested size (0 = canvas size)."""
     kp, ch, cw = from_pose_keypoint(pose_keypoint, person=person, allow_missing=allow_missing, name=name)
+    if allow_missing:
+        warn_empty_frames(kp, name)
     h, w = _output_size(ch, cw, height, width)
     if (h, w) != (ch, cw):
         kp = resize_keypoints(kp, ch, cw, h, w)
     return kp, h, w
+
+
+def warn_empty_frames(kp: np.ndarray, name: str) -> list[int]:
+    """Tell the user (console and browser) which frames have no person, with allow_missing on: those frames
+    are dropped from the motion (black pose images, empty masks). Returns their indices."""
+    empty = [int(i) for i in np.flatnonzero(~(np.asarray(kp)[..., 2] > 0).any(axis=1))]
+    if empty:
+        shown = ", ".join(map(str, empty[:20])) + (", ..." if len(empty) > 20 else "")
+        bridge.warn_user(f"{name}: no person in frame(s) {shown} of {len(kp)}; with allow_missing on they stay "
+                         "empty (no pose for them: the edit keeps the source there or drifts)")
+    return empty
 
 
 def load_detector(filename: str) -> bridge.Managed:
@@ -268,6 +281,8 @@ class AlignSkeleton:
         if anchor not in ANCHOR_MODES:
             raise InputError(f"anchor must be one of {', '.join(ANCHOR_MODES)}; got {anchor!r}")
         ref, rh, rw = from_pose_keypoint(reference, allow_missing=bool(allow_missing), name="reference")
+        if allow_missing:
+            warn_empty_frames(ref, "reference")
         src, sh, sw = from_pose_keypoint(source, allow_missing=True, name="source")
         if len(ref) != len(src):  # the first place both clips meet: refuse before any tuning runs
             raise InputError(

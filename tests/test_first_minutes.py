@@ -392,3 +392,20 @@ def test_workflow_asks_to_open_at_its_saved_view(path):
     assert ui["extra"]["edit_your_motion"] == {"open_at_saved_view": True}
     js = (tw.ROOT / "web" / "edit_your_motion.js").read_text()
     assert "afterConfigureGraph" in js and "open_at_saved_view" in js and "extra?.ds" in js
+
+
+def test_frames_left_empty_reach_the_browser(browser_messages):
+    """allow_missing keeps going without the person in some frames: the user is told which."""
+    from edit_your_motion.motion_core.pose import to_pose_keypoint
+    from edit_your_motion.nodes import pose_nodes
+
+    sent, _ = browser_messages
+    kp = np.zeros((3, 18, 3), np.float32)
+    kp[0, :, :2], kp[0, :, 2] = 10.0, 1.0
+    kp[2, :, :2], kp[2, :, 2] = 20.0, 1.0
+    frames = to_pose_keypoint(kp, 64, 64)
+    (images,) = pose_nodes.RenderPoses().run(frames, allow_missing=True)
+    assert images.shape == (3, 64, 64, 3) and float(images[1].max()) == 0.0
+    (message,) = [data["message"] for _, data in sent]
+    assert "frame(s) 1 of 3" in message and "allow_missing" in message
+    assert pose_nodes.warn_empty_frames(kp[[0, 2]], "x") == []
