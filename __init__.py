@@ -2,9 +2,11 @@
 
 Keep the person, clothes and background of a video; give them the motion of a reference video or
 skeleton sequence. The engine lives in ``motion_core`` (plain torch + diffusers); ``nodes`` adapts
-it to ComfyUI.
+it to ComfyUI; ``web`` holds the browser extension that shows the pack's warnings.
 """
 
 from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+WEB_DIRECTORY = "./web"
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -19,6 +19,22 @@ class ModelError(ValueError):
     """A model (UNet, ControlNet, tuned weights) is not what the engine needs."""
 
 
+#: the module name ComfyUI shows before an error's class name. ComfyUI reports ``module.ClassName``, and
+#: imports a custom node pack under its folder's full path, so the real module name would show the
+#: user's install path (``/home/.../custom_nodes/<pack>.motion_core.errors.InputError``).
+PUBLIC_MODULE = "edit_your_motion"
+
+
+def short_module_name(cls: type) -> type:
+    """Give ``cls`` the short public module name (see :data:`PUBLIC_MODULE`); returns it."""
+    cls.__module__ = PUBLIC_MODULE
+    return cls
+
+
+short_module_name(InputError)
+short_module_name(ModelError)
+
+
 def check_frame_counts(**named: int | torch.Tensor | None) -> int:
     """All given inputs must have the same number of frames; returns it.
 

@@ -20,3 +20,8 @@ for _area in AREAS:
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
 
 comfy_bridge.register_model_folders()
+comfy_bridge.install_browser_warnings()
+try:
+    comfy_bridge.install_sample_inputs()
+except OSError as exc:  # e.g. a read-only input folder: the workflows then name files the user must add
+    log.warning("Edit-Your-Motion: could not copy the sample inputs into ComfyUI's input folder: %s", exc)

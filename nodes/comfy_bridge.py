@@ -2,13 +2,17 @@
 
 Everything else in the pack goes through these functions. Outside ComfyUI (tests, scripts) each
 falls back to plain torch: the best available device, a no-op progress bar, a local interrupt
-flag, and model folders under ``EYM_MODELS_DIR`` (default ``./models``).
+flag, model folders under ``EYM_MODELS_DIR`` (default ``./models``), warnings to ``logging`` only,
+and no input folder (``EYM_INPUT_DIR`` names one).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -35,6 +39,12 @@ except ImportError:
 
 TUNED_FOLDER = "edit_your_motion"
 OPENPOSE_FOLDER = "openpose"
+# where comfyui_controlnet_aux puts the annotators it downloads, under its own folder
+CONTROLNET_AUX_ANNOTATORS = os.path.join("ckpts", "lllyasviel", "Annotators")
+# the pack's sample inputs, copied into ComfyUI's input folder (see install_sample_inputs)
+SAMPLE_INPUTS = Path(__file__).resolve().parents[1] / "example_workflows" / "input"
+# the server-to-browser event of warnings; web/edit_your_motion.js shows it as a toast
+WARNING_EVENT = "edit_your_motion.warning"
 _interrupt_flag = False
 
 
@@ -121,19 +131,117 @@ def request_interrupt() -> None:
 
 
 class Progress:
-    """ComfyUI's progress bar; ``step()`` also checks for interruption."""
+    """ComfyUI's progress bar; ``step()`` also checks for interruption.
 
-    def __init__(self, total: int, label: str = ""):
+    The bar is shown (at 0) as soon as it is made, so a node makes it first thing, before its slow set-up.
+    ``prepare`` extra units cover that set-up (converting weights, loading a detector, moving a model to the
+    GPU): each :meth:`phase` call fills one and logs what is being done, so the bar moves from the first
+    second, before the first of the ``total`` steps.
+    """
+
+    def __init__(self, total: int, label: str = "", prepare: int = 0):
         self.total, self.label, self.done = int(total), label, 0
-        self.bar = _cu.ProgressBar(self.total) if HAS_COMFY else None
+        self.prepare, self.prepared = int(prepare), 0
+        self.started = time.perf_counter()
+        self.bar = _cu.ProgressBar(self.total + self.prepare) if HAS_COMFY else None
+        if self.bar is not None:
+            self.bar.update_absolute(0)
+
+    def _show(self) -> None:
+        if self.bar is not None:
+            self.bar.update_absolute(self.prepared + self.done)
+
+    def phase(self, what: str) -> None:
+        """One set-up unit done (``what`` is about to start); checks for interruption."""
+        check_interrupt()
+        self.prepared = min(self.prepare, self.prepared + 1)
+        log.info("%s: %s (%.1f s)", self.label, what, time.perf_counter() - self.started)
+        self._show()
 
     def step(self, n: int = 1, loss: float | None = None) -> None:
         check_interrupt()
+        self.prepared = self.prepare  # set-up is over once steps run
         self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
+        self._show()
+        if self.done == n:
+            log.info("%s: first step done after %.1f s", self.label, time.perf_counter() - self.started)
         if loss is not None and (self.done == self.total or self.done % max(1, self.total // 10) == 0):
             log.info("%s step %d/%d, loss %.4f", self.label, self.done, self.total, loss)
+
+
+# --------------------------------------------------------------------------- warnings for the user
+def _executing() -> tuple[str | None, str | None]:
+    """(prompt id, node id) of the node running now, when ComfyUI knows them."""
+    try:
+        from comfy_execution.utils import get_executing_context
+
+        context = get_executing_context()
+        if context is not None:
+            return context.prompt_id, context.node_id
+    except ImportError:
+        pass
+    server = _prompt_server()
+    return None, getattr(server, "last_node_id", None)
+
+
+def _prompt_server():
+    if not HAS_COMFY:
+        return None
+    try:
+        from server import PromptServer
+    except ImportError:
+        return None
+    return getattr(PromptServer, "instance", None)
+
+
+class BrowserWarnings(logging.Handler):
+    """Sends the pack's warnings (``logging`` WARNING and above on the ``edit_your_motion`` logger, from
+    the nodes and the engine alike) to the browser that queued the prompt, as the ``WARNING_EVENT``
+    message; the pack's web extension shows each as a toast. A text is sent once per prompt (the same
+    crop warning from five nodes is one toast). ``send`` is the server's ``send_sync`` (tests pass a stand-in)."""
+
+    def __init__(self, send=None):
+        super().__init__(logging.WARNING)
+        self._send = send
+        self._prompt: object = None
+        self._sent: set = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            send, client = self._send, None
+            if send is None:
+                server = _prompt_server()
+                if server is None:
+                    return
+                send, client = server.send_sync, getattr(server, "client_id", None)
+            prompt, node = _executing()
+            if prompt != self._prompt or prompt is None and len(self._sent) > 100:
+                self._prompt, self._sent = prompt, set()
+            text = record.getMessage()
+            if text in self._sent:
+                return
+            self._sent.add(text)
+            send(WARNING_EVENT, {"message": text, "node": node, "prompt_id": prompt, "level": record.levelname.lower()},
+                 client)
+        except Exception:  # a message must never break a node
+            pass
+
+
+def install_browser_warnings() -> BrowserWarnings | None:
+    """Route the pack's warnings to the browser (inside ComfyUI; once)."""
+    if not HAS_COMFY:
+        return None
+    for handler in log.handlers:
+        if isinstance(handler, BrowserWarnings):
+            return handler
+    handler = BrowserWarnings()
+    log.addHandler(handler)
+    return handler
+
+
+def warn_user(message: str) -> None:
+    """A warning the user must see: the server console and, inside ComfyUI, the browser (a toast)."""
+    log.warning(message)
 
 
 # --------------------------------------------------------------------------- model management
@@ -249,6 +357,75 @@ def register_model_folders() -> None:
         known = _fp.folder_names_and_paths.get(name, ([], set()))[0]
         if path not in known:  # extra_model_paths.yaml may list other folders for it already
             _fp.add_model_folder_path(name, path, is_default=True)
+
+
+def annotator_folders() -> list[str]:
+    """Where comfyui_controlnet_aux keeps its downloaded annotators: ``$AUX_ANNOTATOR_CKPTS_PATH`` (its own
+    override) and ``<pack>/ckpts`` of every custom node pack, each with ``lllyasviel/Annotators`` below,
+    the folders that exist."""
+    roots = []
+    env = os.environ.get("AUX_ANNOTATOR_CKPTS_PATH")
+    if env:
+        roots.append(os.path.join(env, "lllyasviel", "Annotators"))
+    for custom_nodes in custom_nodes_folders():
+        try:
+            packs = sorted(os.listdir(custom_nodes))
+        except OSError:
+            continue
+        roots += [os.path.join(custom_nodes, pack, CONTROLNET_AUX_ANNOTATORS) for pack in packs]
+    return [r for r in roots if os.path.isdir(r)]
+
+
+def custom_nodes_folders() -> list[str]:
+    """ComfyUI's custom_nodes folders (outside ComfyUI: ``$EYM_CUSTOM_NODES_DIR`` if set)."""
+    if HAS_COMFY:
+        try:
+            return list(_fp.get_folder_paths("custom_nodes"))
+        except KeyError:
+            return []
+    env = os.environ.get("EYM_CUSTOM_NODES_DIR")
+    return [env] if env else []
+
+
+def input_folder() -> Path | None:
+    """ComfyUI's input folder (outside ComfyUI: ``$EYM_INPUT_DIR``, else None)."""
+    if HAS_COMFY:
+        return Path(_fp.get_input_directory())
+    env = os.environ.get("EYM_INPUT_DIR")
+    return Path(env) if env else None
+
+
+def install_sample_inputs(source: Path = SAMPLE_INPUTS, target: Path | None = None) -> list[str]:
+    """Copy the pack's sample inputs (the files the shipped workflows open with) into ComfyUI's input
+    folder, so Load Video / Load Image list them. A file of the same name already there is left alone.
+    Each copy is written to a temporary name and renamed. Returns the names copied."""
+    target = target if target is not None else input_folder()
+    if target is None or not Path(source).is_dir():
+        return []
+    copied = []
+    for path in sorted(Path(source).iterdir()):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        dest = Path(target) / path.name
+        if dest.exists():
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(dest.parent))
+        os.close(fd)
+        try:
+            shutil.copyfile(path, tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        copied.append(path.name)
+    if copied:
+        log.info("Edit-Your-Motion: copied the sample inputs %s into %s", ", ".join(copied), target)
+    return copied
 
 
 def folder_paths_for(name: str) -> list[str]:

@@ -14,19 +14,33 @@ log = logging.getLogger("edit_your_motion")
 
 DETECTOR_MODES = ("auto", "openpose", "mediapipe")
 MASK_METHODS = ("auto", "mediapipe", "mediapipe_selfie", "keypoints")
-# the model list when models/openpose holds no file: a name that is not a model file, so ComfyUI's
-# frontend flags a workflow's body_pose_model.pth as missing (it compares the value with this list)
+# openpose_model's first choice, always listed (so a saved workflow holding it never reads as missing in
+# ComfyUI's frontend): body_pose_model.pth from models/openpose or from comfyui_controlnet_aux's downloads
+AUTO_OPENPOSE_FILE = "auto"
+# the choice old graphs hold when models/openpose was empty (before "auto" existed): read as auto
 NO_OPENPOSE_FILE = "(no file in models/openpose)"
 _MODEL_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
 
 
 def openpose_model_choices() -> list[str]:
-    """The files of the openpose model folder, the body model first; a placeholder when there are none."""
+    """``auto``, then the files of the openpose model folder, the body model first."""
     files = bridge.list_files(bridge.OPENPOSE_FOLDER, (".pth", ".safetensors"))
-    if not files:
-        return [NO_OPENPOSE_FILE]
     # hand/face models of other packs may share the folder
-    return sorted(files, key=lambda f: (os.path.basename(f) != openpose.BODY_MODEL_FILENAME, f))
+    return [AUTO_OPENPOSE_FILE] + sorted(files, key=lambda f: (os.path.basename(f) != openpose.BODY_MODEL_FILENAME, f))
+
+
+def find_openpose_file(filename: str) -> str | None:
+    """The full path of an OpenPose model file: in ComfyUI's openpose model folders, else (a plain file
+    name) where comfyui_controlnet_aux keeps its downloaded annotators; None when it is nowhere."""
+    path = bridge.full_path(bridge.OPENPOSE_FOLDER, filename)
+    if path is not None:
+        return path
+    if os.path.basename(filename) == filename:
+        for folder in bridge.annotator_folders():
+            candidate = os.path.join(folder, filename)
+            if os.path.isfile(candidate):
+                return candidate
+    return None
 
 
 def is_model_file_name(value) -> bool:
@@ -35,7 +49,8 @@ def is_model_file_name(value) -> bool:
 
 def where_hint() -> str:
     folders = bridge.folder_paths_for(bridge.OPENPOSE_FOLDER)
-    return " or ".join(folders) + " (ComfyUI/models/openpose)"
+    return (" or ".join(folders) + " (ComfyUI/models/openpose; comfyui_controlnet_aux's downloads in "
+            "custom_nodes/comfyui_controlnet_aux/ckpts/lllyasviel/Annotators are found too)")
 
 
 def validate_detector(detector) -> str | bool:
@@ -68,11 +83,12 @@ def choose_pose_detector(detector: str, openpose_model: str | None) -> tuple[str
     if detector == "mediapipe":
         mediapipe_detector.import_mediapipe()  # raises with the install line when it is missing
         return "mediapipe", ""
-    if bridge.full_path(bridge.OPENPOSE_FOLDER, filename) is not None:
+    if find_openpose_file(filename) is not None:
         return "openpose", filename
     problem = mediapipe_detector.mediapipe_problem()
     if problem is None:
-        log.info("detector auto: the OpenPose model %s is not in %s; using mediapipe", filename, where_hint())
+        bridge.warn_user(f"detector auto: the OpenPose model {filename} was not found, so mediapipe finds the poses "
+                         f"(to use OpenPose, put {openpose.BODY_MODEL_FILENAME} in ComfyUI/models/openpose)")
         return "mediapipe", ""
     raise InputError(
         f"detector auto found no pose detector. OpenPose: the body model {filename} is not in {where_hint()}; "
@@ -89,7 +105,8 @@ def choose_mask_method(method: str) -> str:
     if method == "auto":
         if mediapipe_detector.mediapipe_available():
             return "mediapipe"
-        log.info("person mask auto: mediapipe is not installed; drawing the rough mask from keypoints")
+        bridge.warn_user("person mask auto: mediapipe is not installed, so the mask is the rough one drawn from the "
+                         "keypoints (about twice the person's size); install mediapipe for the person's outline")
         return "keypoints"
     if method.startswith("mediapipe"):
         mediapipe_detector.import_mediapipe()

@@ -134,6 +134,7 @@ class DDIMInversion:
 
     def run(self, video_model, latent, source_conditioning, source_poses, steps, use_controlnet, control_strength,
             guidance, negative=None):
+        progress = bridge.Progress(steps, "Edit-Your-Motion inversion", prepare=1)  # shown from the first second
         handle = check_handle(video_model, "video_model")
         scale = handle.engine.latent_scale
         latents = latents_in(latent, scale, "latent")
@@ -143,7 +144,7 @@ class DDIMInversion:
             raise InputError("guidance > 1 needs 'negative': connect a CLIP Text Encode with an empty prompt, or set guidance to 1")
         uncond = embedding(negative, "negative") if guidance > 1 else None
         need = ensure_fits("EYM DDIM Inversion", handle, "inversion", latents, guidance=guidance)
-        progress = bridge.Progress(steps, "Edit-Your-Motion inversion")
+        progress.phase("moving the video model to the device")
         with activated(handle, memory_required=need) as model:
             z_t, trajectory = ddim_invert_trajectory(
                 model, latents, emb, hint, num_steps=steps, control_scale=control_strength, guidance=guidance,
@@ -201,6 +202,7 @@ class TwoBranchSampler:
             reconstruction_controlnet, negative=None, keep_background=False, source_mask=None,
             reference_keypoints=None, change_region=None, region_grow=0, region_feather=8, ghost_fill="other_frames",
             renoise_ghost=False):
+        progress = bridge.Progress(steps, "Edit-Your-Motion sampling", prepare=1)  # shown from the first second
         handle = check_handle(video_model, "video_model")
         scale = handle.engine.latent_scale
         z_t = latents_in(inverted_latent, scale, "inverted_latent")
@@ -227,7 +229,7 @@ class TwoBranchSampler:
         keep = build_keeper(inverted_latent, z_t, keep_background, source_mask, reference_keypoints, change_region,
                             region_grow, region_feather, ghost_fill, renoise_ghost, seed)
         need = ensure_fits("EYM Two-Branch Sampler", handle, "two_branch", z_t, guidance=guidance)
-        progress = bridge.Progress(steps, "Edit-Your-Motion sampling")
+        progress.phase("moving the video model to the device")
         with activated(handle, memory_required=need) as model:
             result = two_branch_sample(model, z_t, recon_emb, edit_emb, src, ref, config, uncond_embeddings=uncond,
                                        callback=lambda s, t: progress.step(), keep=keep)

@@ -120,6 +120,7 @@ class SingleBranchSampler:
     def run(self, video_model, inverted_latent, target_conditioning, reference_poses, steps, control_strength, guidance,
             negative=None, keep_background=False, source_mask=None, reference_keypoints=None, change_region=None,
             region_grow=0, region_feather=8, ghost_fill="other_frames", renoise_ghost=False, seed=0):
+        progress = bridge.Progress(steps, "Edit-Your-Motion sampling (single branch)", prepare=1)  # from the first second
         handle = check_handle(video_model, "video_model")
         scale = handle.engine.latent_scale
         z_t = latents_in(inverted_latent, scale, "inverted_latent")
@@ -136,7 +137,7 @@ class SingleBranchSampler:
         keep = build_keeper(inverted_latent, z_t, keep_background, source_mask, reference_keypoints, change_region,
                             region_grow, region_feather, ghost_fill, renoise_ghost, seed)
         need = ensure_fits("EYM Single-Branch Sampler", handle, "single_branch", z_t, guidance=guidance)
-        progress = bridge.Progress(steps, "Edit-Your-Motion sampling (single branch)")
+        progress.phase("moving the video model to the device")
         with activated(handle, memory_required=need) as model:
             edited = single_branch_sample(model, z_t, emb, ref, num_steps=steps, control_scale=control_strength,
                                           guidance=guidance, uncond_embeddings=uncond,

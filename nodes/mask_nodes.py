@@ -168,6 +168,7 @@ class PersonMask:
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] not in (3, 4):
             raise InputError("images must be an IMAGE batch (frames, height, width, 3)")
         n, h, w = images.shape[:3]
+        progress = bridge.Progress(n, "Edit-Your-Motion person mask", prepare=1)  # shown from the first second
         chosen = detectors.choose_mask_method(method)
         if chosen == "keypoints":
             if pose_keypoint is None:
@@ -180,7 +181,7 @@ class PersonMask:
             check_frame_counts(images=n, pose_keypoint=kp.shape[0])
             soft = person_masks_from_keypoints(kp, h, w)
         else:
-            progress = bridge.Progress(n, "mediapipe segmentation")
+            progress.phase("starting mediapipe segmentation")
             model = "selfie" if chosen == "mediapipe_selfie" else "pose"
             soft = mediapipe_detector.segment_people(images[..., :3], model=model, video=True,
                                                      callback=lambda i, total: progress.step())

@@ -74,21 +74,27 @@ class LoadVideoModel:
         }
 
     def run(self, model, control_net, attention_mode="rc", weight_dtype="auto", method="eym_v1"):
+        # converting 1.3 GB of weights takes a while: the bar moves from the first second, one unit per part
+        progress = bridge.Progress(0, "Edit-Your-Motion video model", prepare=4)
         dtype = device_dtype_choice(weight_dtype, bridge.torch_device())
         offload = bridge.offload_device()
         unet_src, scale = bridge.unet_weights(model)
         cn_src = bridge.controlnet_weights(control_net)
+        progress.phase("converting the UNet")
         if isinstance(unet_src, dict):
             unet = unet_from_ldm(unet_src, dtype=dtype, device=offload)
         else:
             unet = _copy_module(unet_src, dtype)
+        progress.phase("converting the ControlNet")
         if isinstance(cn_src, dict):
             cn = controlnet_from_ldm(cn_src, dict(unet.config), dtype=dtype, device=offload,
                                      size="sd15" if is_full_size_sd15(unet) else "tiny")
         else:
             cn = _copy_module(cn_src, dtype)
+        progress.phase("building the video model (temporal layers" + (", Motion Attention)" if method == "eym_v2" else ")"))
         with torch.inference_mode(False):
             motion = MotionModel.from_unet(unet, cn, attention_mode=attention_mode, latent_scale=scale, method=method)
+        progress.phase("keeping a copy of the untuned weights")
         engine = MotionEngine(motion, scale, dtype)
         log.info("Edit-Your-Motion video model ready (%s, %s weights, attention %s)", method, str(dtype).split(".")[-1],
                  attention_mode)

@@ -61,15 +61,29 @@ def keypoints_at_size(pose_keypoint, person, allow_missing: bool, height: int, w
                       name: str = "pose_keypoint") -> tuple[np.ndarray, int, int]:
     """Pixel keypoints of ``pose_keypoint`` rescaled to the requested size (0 = canvas size)."""
     kp, ch, cw = from_pose_keypoint(pose_keypoint, person=person, allow_missing=allow_missing, name=name)
+    if allow_missing:
+        warn_empty_frames(kp, name)
     h, w = _output_size(ch, cw, height, width)
     if (h, w) != (ch, cw):
         kp = resize_keypoints(kp, ch, cw, h, w)
     return kp, h, w
 
 
+def warn_empty_frames(kp: np.ndarray, name: str) -> list[int]:
+    """Tell the user (console and browser) which frames have no person, with allow_missing on: those frames
+    are dropped from the motion (black pose images, empty masks). Returns their indices."""
+    empty = [int(i) for i in np.flatnonzero(~(np.asarray(kp)[..., 2] > 0).any(axis=1))]
+    if empty:
+        shown = ", ".join(map(str, empty[:20])) + (", ..." if len(empty) > 20 else "")
+        bridge.warn_user(f"{name}: no person in frame(s) {shown} of {len(kp)}; with allow_missing on they stay "
+                         "empty (no pose for them: the edit keeps the source there or drifts)")
+    return empty
+
+
 def load_detector(filename: str) -> bridge.Managed:
-    """The OpenPose body network of ``filename`` in the openpose model folder, loaded once per file version."""
-    path = bridge.full_path(bridge.OPENPOSE_FOLDER, filename)
+    """The OpenPose body network of ``filename`` (openpose model folder, or comfyui_controlnet_aux's
+    downloaded annotators), loaded once per file version."""
+    path = detectors.find_openpose_file(filename)
     if path is None:  # let the engine raise its missing-file message (names the file, source and folder)
         path = os.path.join(bridge.folder_paths_for(bridge.OPENPOSE_FOLDER)[0], filename)
         return bridge.Managed(openpose.load_body_model(path, where_hint=detectors.where_hint()))
@@ -90,6 +104,11 @@ def _image_batch(images, name: str) -> torch.Tensor:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise InputError(f"{name} must be an IMAGE batch (frames, height, width, 3); got {shape}")
     return images[..., :3]
+
+
+def _is_still(frames: torch.Tensor) -> bool:
+    """One image: a single frame, or the same image repeated (e.g. EYM Single Image To Clip)."""
+    return frames.shape[0] == 1 or bool((frames == frames[:1]).all())
 
 
 class ExtractPoses:
@@ -129,9 +148,13 @@ class ExtractPoses:
             },
             "optional": {
                 "openpose_model": (detectors.openpose_model_choices(), {
-                    "tooltip": "The OpenPose body model in ComfyUI/models/openpose: body_pose_model.pth from the "
-                               "Hugging Face repository lllyasviel/Annotators (or a .safetensors conversion). Not "
-                               "needed by mediapipe; auto falls back to mediapipe when it is absent.",
+                    "default": detectors.AUTO_OPENPOSE_FILE,
+                    "tooltip": "The OpenPose body model: body_pose_model.pth from the Hugging Face repository "
+                               "lllyasviel/Annotators (or a .safetensors conversion). auto: body_pose_model.pth from "
+                               "ComfyUI/models/openpose, or from comfyui_controlnet_aux's downloads (its "
+                               "ckpts/lllyasviel/Annotators folder), so users of that pack download nothing. Or "
+                               "pick a file of ComfyUI/models/openpose. Not needed by mediapipe; the detector auto "
+                               "falls back to mediapipe when the file is absent.",
                 }),
             },
         }
@@ -147,21 +170,22 @@ class ExtractPoses:
         frames = _image_batch(images, "images")
         person = check_person(person)
         n, h, w = frames.shape[:3]
+        progress = bridge.Progress(n, "Edit-Your-Motion poses", prepare=1)  # shown from the first second
         kind, filename = detectors.choose_pose_detector(detector, openpose_model)
         if kind == "mediapipe":
             if person not in ("largest", 0):
                 raise InputError(f"person {person!r}: mediapipe finds one person per frame; use 'largest' (or 0), "
                                  "or the openpose detector to pick another person")
-            progress = bridge.Progress(n, "mediapipe")
+            progress.phase("starting mediapipe")
             found_pose = mediapipe_detector.detect_poses(frames, video=True, segmentation=False,
                                                          callback=lambda i, total: progress.step())
             kp = found_pose.keypoints
-            openpose.require_people(found_pose.found, "images", detector="mediapipe")
+            openpose.require_people(found_pose.found, "images", detector="mediapipe", still=_is_still(frames))
             log.info("mediapipe found the person in %d frames", n)
             pose_images = render_pose_images(kp, h, w, stick_width=int(stick_width))
             return (pose_images.to(bridge.intermediate_device()), to_pose_keypoint(kp, h, w))
         managed = load_detector(filename)
-        progress = bridge.Progress(n, "OpenPose")
+        progress.phase("OpenPose loaded; moving it to the device")
         device = managed.load(memory_required=512 * 1024 ** 2)
         try:
             kp, found = openpose.detect_keypoints(
@@ -170,7 +194,7 @@ class ExtractPoses:
             )
         finally:
             managed.release()
-        openpose.require_people(found, "images")
+        openpose.require_people(found, "images", still=_is_still(frames))
         log.info("OpenPose found the person in %d frames (%s)", n, device)
         pose_images = render_pose_images(kp, h, w, stick_width=int(stick_width))
         return (pose_images.to(bridge.intermediate_device()), to_pose_keypoint(kp, h, w))
@@ -257,6 +281,8 @@ class AlignSkeleton:
         if anchor not in ANCHOR_MODES:
             raise InputError(f"anchor must be one of {', '.join(ANCHOR_MODES)}; got {anchor!r}")
         ref, rh, rw = from_pose_keypoint(reference, allow_missing=bool(allow_missing), name="reference")
+        if allow_missing:
+            warn_empty_frames(ref, "reference")
         src, sh, sw = from_pose_keypoint(source, allow_missing=True, name="source")
         if len(ref) != len(src):  # the first place both clips meet: refuse before any tuning runs
             raise InputError(

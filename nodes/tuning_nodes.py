@@ -62,6 +62,8 @@ def memory_inputs() -> dict:
 
 def _tune(stage: int, video_model, latent, conditioning, poses, cond_name: str, latent_name: str,
           config: TuneConfig, permutation=None, method: str = "eym_v1", node: str = ""):
+    # the bar shows from the first second; its 3 set-up units cover what runs before the first step
+    progress = bridge.Progress(config.steps, f"Edit-Your-Motion stage {stage}", prepare=3)
     handle = check_handle(video_model, "video_model")
     built_for = handle.engine.model.method
     if built_for != method:
@@ -77,12 +79,14 @@ def _tune(stage: int, video_model, latent, conditioning, poses, cond_name: str, 
     config.start_step = handle.steps.get(stage, 0)  # continuing a tuned model draws fresh randomness
     if config.optimizer == "adamw8bit":
         bitsandbytes_adamw8bit()  # not installed: say so before anything is unloaded
+    progress.phase("freeing the device (unloading ComfyUI's other models)")
     bridge.unload_other_models()
     ensure_fits(node or f"Edit-Your-Motion stage {stage}", handle, f"stage{stage}", latents,
                 gradient_checkpointing=config.gradient_checkpointing, optimizer=config.optimizer,
                 activation_offload=config.activation_offload)
-    progress = bridge.Progress(config.steps, f"Edit-Your-Motion stage {stage}")
+    progress.phase("moving the video model to the device")
     with activated(handle, trains=True) as model:
+        progress.phase("building the optimiser and running the first step")
         config.precision = training_precision(config.precision, handle, model.device)
         result = tune_stage(model, stage, latents, emb, hint, config,
                             callback=lambda step, total, loss: progress.step(loss=loss), permutation=permutation)

@@ -84,15 +84,15 @@ def test_detector_choices(models_dir):
     spec = pose_nodes.ExtractPoses.INPUT_TYPES()
     assert spec["required"]["detector"][0] == ["auto", "openpose", "mediapipe"]
     assert spec["required"]["detector"][1]["default"] == "auto"
-    # no file: a placeholder that is not a model file name, so the frontend flags a workflow's file as missing
+    # no file: only auto, which a saved workflow can hold without the frontend flagging it as missing
     choices = spec["optional"]["openpose_model"][0]
-    assert choices == ["(no file in models/openpose)"] and not choices[0].endswith((".pth", ".safetensors"))
+    assert choices == ["auto"]
     folder = models_dir / "openpose"
     folder.mkdir()
     for name in ("hand_pose_model.pth", "body_pose_model.pth", "notes.txt"):
         (folder / name).write_bytes(b"x")
     choices = pose_nodes.ExtractPoses.INPUT_TYPES()["optional"]["openpose_model"][0]
-    assert choices == ["body_pose_model.pth", "hand_pose_model.pth"]
+    assert choices == ["auto", "body_pose_model.pth", "hand_pose_model.pth"]
     anchors = pose_nodes.AlignSkeleton.INPUT_TYPES()["required"]["anchor"]
     assert list(anchors[0]) == list(K.ANCHOR_MODES) and anchors[1]["default"] == "neck_hip"
 
@@ -314,7 +314,7 @@ def _write_body_model(models_dir, nobody: bool):
 
 def test_extract_poses_nobody_lists_frames_and_caches_detector(models_dir):
     _write_body_model(models_dir, nobody=True)
-    frames = make_clip(2, 64, 64).frames
+    frames = make_clip(2, 64, 64, "walk").frames  # two different frames (a still clip is reported as one image)
     node = pose_nodes.ExtractPoses()
     with pytest.raises(InputError, match=r"images frame\(s\) 0, 1 of 2"):
         node.run(frames, "body_pose_model.pth", detect_resolution=64)

@@ -139,12 +139,50 @@ def test_auto_prefers_openpose_when_its_file_is_there(models_dir, mediapipe_pres
     assert detectors.choose_pose_detector("auto", "body_pose_model.pth") == ("openpose", "body_pose_model.pth")
     # the placeholder shown when the folder was empty at start-up still finds the file added since
     assert detectors.choose_pose_detector("auto", detectors.NO_OPENPOSE_FILE) == ("openpose", "body_pose_model.pth")
+    # openpose_model auto (what the shipped workflows hold) is the body model
+    assert detectors.choose_pose_detector("auto", "auto") == ("openpose", "body_pose_model.pth")
+
+
+def test_openpose_model_lists_auto_first_whatever_the_folder_holds(models_dir):
+    assert detectors.openpose_model_choices() == ["auto"]
+    _openpose_file(models_dir, "hand_pose_model.pth")
+    _openpose_file(models_dir)
+    assert detectors.openpose_model_choices() == ["auto", "body_pose_model.pth", "hand_pose_model.pth"]
+    spec = pose_nodes.ExtractPoses.INPUT_TYPES()["optional"]["openpose_model"]
+    assert spec[0][0] == "auto" and spec[1]["default"] == "auto"
+
+
+def test_openpose_file_found_in_controlnet_aux_downloads(models_dir, tmp_path, monkeypatch, mediapipe_present):
+    """comfyui_controlnet_aux keeps body_pose_model.pth in <its folder>/ckpts/lllyasviel/Annotators: auto uses
+    that copy (no second download), and the file loads from there."""
+    custom_nodes = tmp_path / "custom_nodes"
+    annotators = custom_nodes / "comfyui_controlnet_aux" / "ckpts" / "lllyasviel" / "Annotators"
+    annotators.mkdir(parents=True)
+    monkeypatch.setenv("EYM_CUSTOM_NODES_DIR", str(custom_nodes))
+    monkeypatch.delenv("AUX_ANNOTATOR_CKPTS_PATH", raising=False)
+    assert detectors.find_openpose_file("body_pose_model.pth") is None
+    assert detectors.choose_pose_detector("auto", "auto") == ("mediapipe", "")
+    (annotators / "body_pose_model.pth").write_bytes(b"weights")
+    assert detectors.find_openpose_file("body_pose_model.pth") == str(annotators / "body_pose_model.pth")
+    assert detectors.choose_pose_detector("auto", "auto") == ("openpose", "body_pose_model.pth")
+    # the pack's own folder wins over controlnet_aux's copy
+    _openpose_file(models_dir)
+    assert detectors.find_openpose_file("body_pose_model.pth") == str(models_dir / "openpose" / "body_pose_model.pth")
+    # controlnet_aux's own override of its download folder
+    other = tmp_path / "aux_ckpts"
+    (other / "lllyasviel" / "Annotators").mkdir(parents=True)
+    (other / "lllyasviel" / "Annotators" / "x.pth").write_bytes(b"w")
+    monkeypatch.setenv("AUX_ANNOTATOR_CKPTS_PATH", str(other))
+    assert detectors.find_openpose_file("x.pth") == str(other / "lllyasviel" / "Annotators" / "x.pth")
+    assert detectors.find_openpose_file("sub/x.pth") is None  # only plain names are looked up there
 
 
 def test_auto_falls_back_to_mediapipe(models_dir, mediapipe_present, caplog):
     with caplog.at_level("INFO", logger="edit_your_motion"):
         assert detectors.choose_pose_detector("auto", "body_pose_model.pth") == ("mediapipe", "")
-    assert "using mediapipe" in caplog.text
+    # a warning (it reaches the browser), saying what to do for OpenPose
+    (record,) = [r for r in caplog.records if "mediapipe finds the poses" in r.getMessage()]
+    assert record.levelname == "WARNING" and "ComfyUI/models/openpose" in record.getMessage()
     _openpose_file(models_dir, "other_pose.pth")  # another file does not count for the chosen one
     assert detectors.choose_pose_detector("auto", "body_pose_model.pth") == ("mediapipe", "")
 

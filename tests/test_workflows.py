@@ -1,4 +1,5 @@
-"""The shipped example workflows (``workflows/*.json``) load and run: checked without ComfyUI.
+"""The shipped example workflows (``example_workflows/*.json``, API twins in ``example_workflows/api/``)
+load and run: checked without ComfyUI.
 
 Node definitions come from
 * ``tests/data/comfyui_core_nodes_v0.21.json``: every ComfyUI v0.21 core node with its input and
@@ -34,7 +35,17 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
-WORKFLOWS = ROOT / "workflows"
+WORKFLOWS = ROOT / "example_workflows"  # the folder ComfyUI's template browser lists (top level only)
+API_DIR = WORKFLOWS / "api"
+
+# ComfyUI's template browser titles a custom node's template with its file name (frontend 1.43 has no
+# other title or description for them), so the UI files have readable names; each API twin keeps the
+# short name that scripts use: api/<stem>_api.json.
+WORKFLOW_NAMES = {
+    "edit_your_motion": "Edit-Your-Motion (video, paper method)",
+    "edit_your_motion_v2": "Edit-Your-Motion v2 (video, later version)",
+    "edit_your_motion_v2_image": "Edit-Your-Motion v2 (one image, later version)",
+}
 
 CORE_NODES = json.loads((DATA / "comfyui_core_nodes_v0.21.json").read_text())
 CORE_SPECS = json.loads((DATA / "comfyui_core_node_specs_v0.21.json").read_text())
@@ -50,8 +61,8 @@ DYNAMIC_COMBOS = {
     ("EYM_LoadTunedWeights", "tuned_weights"),
 }
 
-UI_FILES = sorted(p for p in WORKFLOWS.rglob("*.json") if not p.stem.endswith("_api"))
-API_FILES = sorted(p for p in WORKFLOWS.rglob("*.json") if p.stem.endswith("_api"))
+UI_FILES = sorted(WORKFLOWS.glob("*.json"))
+API_FILES = sorted(API_DIR.glob("*.json"))
 
 
 # ============================================================================ definitions
@@ -462,20 +473,30 @@ def _load(path: Path):
 
 
 def _twin(path: Path) -> Path | None:
-    """The API twin ``X_api.json`` of ``X.json`` (anywhere under workflows/, e.g. an api/ subfolder
-    that the template browser does not list)."""
-    return next((p for p in API_FILES if p.stem == path.stem + "_api"), None)
+    """The API twin ``api/<stem>_api.json`` of a UI workflow (the api/ subfolder is not listed by the
+    template browser)."""
+    stem = next((k for k, v in WORKFLOW_NAMES.items() if v == path.stem), None)
+    twin = API_DIR / f"{stem}_api.json"
+    return twin if stem is not None and twin.is_file() else None
 
 
 def _file(name: str) -> Path:
+    """A shipped workflow by file name; ``<stem>.json`` (the short name) finds the UI file of that stem."""
+    stem = name[:-len(".json")] if name.endswith(".json") else name
+    if stem in WORKFLOW_NAMES:
+        name = WORKFLOW_NAMES[stem] + ".json"
     return next(p for p in UI_FILES + API_FILES if p.name == name)
 
 
 def test_workflows_are_shipped():
-    names = {p.name for p in UI_FILES} | {p.name for p in API_FILES}
-    assert {"edit_your_motion.json", "edit_your_motion_api.json"} <= names
-    for api in API_FILES:
-        assert any(p.stem + "_api" == api.stem for p in UI_FILES), f"{api.name} has no UI twin"
+    """Every UI workflow in example_workflows/ has its API twin in example_workflows/api/ and the other way
+    round; nothing is left in the old workflows/ folder (ComfyUI would list both folders' files)."""
+    assert {p.stem for p in UI_FILES} == set(WORKFLOW_NAMES.values())
+    assert {p.name for p in API_FILES} == {f"{stem}_api.json" for stem in WORKFLOW_NAMES}
+    assert all(_twin(p) is not None for p in UI_FILES)
+    assert not (ROOT / "workflows").exists()
+    for name in ("example", "examples", "workflow"):
+        assert not (ROOT / name).exists(), f"ComfyUI would also list {name}/"
 
 
 @pytest.mark.parametrize("path", UI_FILES + API_FILES, ids=lambda p: p.name)
@@ -582,23 +603,27 @@ def test_thumbnail_for_the_template_browser():
     assert float(image.std()) > 20  # a picture, not a blank
 
 
-def test_missing_models_panel_sees_the_openpose_file(defs, models_dir_empty):
-    """ComfyUI's frontend lists a model as missing when a COMBO widget holds a model file name that is not
-    among the widget's choices, and takes the download link from the node's properties.models. So the
-    OpenPose file must sit in the file-list widget openpose_model, and that list must not offer it when
-    models/openpose is empty."""
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_workflow_opens_clean_without_the_openpose_file(path, defs, models_dir_empty):
+    """ComfyUI's frontend opens a workflow with "N ERRORS" and red outlines when a file-list widget holds a
+    name the server does not list, or when a node's properties.models names a file absent from its folder
+    (its missing-models panel cannot mark a model optional). With mediapipe the OpenPose file is optional, so
+    no node may ask for it: Extract Poses holds openpose_model auto, which is always listed, and no node lists
+    body_pose_model.pth under properties.models. The models that are required (checkpoint, ControlNet) are
+    listed with their download links."""
     from edit_your_motion.nodes import pose_nodes
 
-    ui = _load(_file("edit_your_motion.json"))
+    ui = _load(path)
     choices = pose_nodes.ExtractPoses.INPUT_TYPES()["optional"]["openpose_model"][0]
     extract = [n for n in ui["nodes"] if n["type"] == "EYM_ExtractPoses"]
-    assert len(extract) == 2
+    assert extract
     for node in extract:
         values = ui_widget_values(node, defs["EYM_ExtractPoses"])
-        assert values["detector"] == "auto"
-        (model,) = node["properties"]["models"]
-        assert model["name"] == values["openpose_model"] == "body_pose_model.pth" and model["directory"] == "openpose"
-        assert model["name"] not in choices and model["url"].endswith("/" + model["name"])
+        assert values["detector"] == "auto" and values["openpose_model"] == "auto" and "auto" in choices
+    listed = {m["name"]: m for n in ui["nodes"] for m in (n.get("properties") or {}).get("models", [])}
+    assert set(listed) == {"v1-5-pruned-emaonly-fp16.safetensors", "control_v11p_sd15_openpose.pth"}
+    assert all(m["url"].startswith("https://huggingface.co/") and m["directory"] in ("checkpoints", "controlnet")
+               for m in listed.values())
     masks = [n for n in ui["nodes"] if n["type"] == "EYM_PersonMask"]
     assert len(masks) == 1 and ui_widget_values(masks[0], defs["EYM_PersonMask"])["method"] == "auto"
 

@@ -24,7 +24,7 @@ V2_FILES = ("edit_your_motion_v2", "edit_your_motion_v2_image")
 def test_v2_workflows_are_shipped():
     names = {p.name for p in tw.UI_FILES + tw.API_FILES}
     for stem in V2_FILES:
-        assert {f"{stem}.json", f"{stem}_api.json"} <= names
+        assert {f"{tw.WORKFLOW_NAMES[stem]}.json", f"{stem}_api.json"} <= names
 
 
 @pytest.mark.parametrize("stem", V2_FILES)

@@ -2,7 +2,7 @@
 
 With a ComfyUI install that has this pack in ``custom_nodes`` and the model files in its model
 folders, it copies your two videos into ComfyUI's input folder, fills the shipped API workflow
-(``workflows/api/edit_your_motion_api.json``) with your prompts and settings, runs it on a headless
+(``example_workflows/api/edit_your_motion_api.json``) with your prompts and settings, runs it on a headless
 ComfyUI started on 127.0.0.1, and prints where the edited video was saved.
 
 Without that (a fresh machine), the bare command says what is missing and runs its fallback (a real
@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 
 PACK_ROOT = Path(__file__).resolve().parents[2]
-WORKFLOW = PACK_ROOT / "workflows" / "api" / "edit_your_motion_api.json"
+WORKFLOW = PACK_ROOT / "example_workflows" / "api" / "edit_your_motion_api.json"
 
 # Node ids of the shipped API workflow and the class each must have.
 NODES = {

@@ -43,7 +43,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, short_module_name
 from .keypoints import NUM_KEYPOINTS
 
 log = logging.getLogger("edit_your_motion")
@@ -92,6 +92,9 @@ SEGMENTATION_MODELS = ("pose", "selfie")
 
 class MediapipeUnavailable(ImportError):
     """mediapipe (with its pose solution) cannot be imported here; the message says how to get it."""
+
+
+short_module_name(MediapipeUnavailable)
 
 
 _IMPORTED: dict = {}

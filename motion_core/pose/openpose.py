@@ -286,12 +286,20 @@ def detect_keypoints(images, body_model, person: str | int = "largest", detect_r
     return out, found
 
 
-def require_people(found, input_name: str, detector: str = "OpenPose") -> None:
-    """Raise ``InputError`` listing the frames of ``input_name`` where ``detector`` found no person."""
+def require_people(found, input_name: str, detector: str = "OpenPose", still: bool = False) -> None:
+    """Raise ``InputError`` listing the frames of ``input_name`` where ``detector`` found no person.
+
+    ``still``: the frames are one image (a single frame, or one image repeated to a clip's length); the
+    message then speaks of the image, not of frame numbers."""
     found = np.asarray(found, dtype=bool).reshape(-1)
     missing = np.nonzero(~found)[0].tolist()
     if not missing:
         return
+    if still or len(found) == 1:
+        raise InputError(
+            f"{detector} found no person in the image {input_name}: is the person visible and large enough? "
+            "Use another image, or provide POSE_KEYPOINT from another pose estimator (e.g. DWPose) instead."
+        )
     shown = ", ".join(map(str, missing[:30])) + (f", ... ({len(missing)} in all)" if len(missing) > 30 else "")
     everything = " (no frame at all: is the person visible and large enough?)" if len(missing) == len(found) else ""
     raise InputError(
