@@ -57,6 +57,17 @@ def test_mappings_exported(pack):
         assert not ids & set(CORE_NODES), "a pack cannot override core node ids"
 
 
+def test_root_init_imported_alone_defines_no_nodes_and_does_not_fail():
+    """pytest imports the checkout's root __init__.py as a lone module when the folder name is no
+    identifier (a clone named "ComfyUI-EditYourMotion"): it must load, with no nodes, rather than fail
+    every test on its relative import. ComfyUI imports it as a package (test_mappings_exported)."""
+    spec = importlib.util.spec_from_file_location("ComfyUI-EditYourMotion", ROOT / "__init__.py")
+    spec.submodule_search_locations = None  # a lone module, as pytest's importlib mode makes it
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.NODE_CLASS_MAPPINGS == {} and module.WEB_DIRECTORY == "./web"
+
+
 @pytest.mark.parametrize("node_id,cls", _nodes())
 def test_node_declaration_is_consistent(node_id, cls):
     spec = cls.INPUT_TYPES()
