@@ -33,8 +33,12 @@ def noise_constraint_loss(pred: torch.Tensor) -> torch.Tensor:
 
 
 def stage2_loss(pred: torch.Tensor, noise: torch.Tensor, config: TuneConfig) -> torch.Tensor:
-    """DPL stage 2's loss: ``(1 - lambda) * L_noise + lambda * L_rec`` (``lambda = config.lam``)."""
-    return (1 - config.lam) * noise_constraint_loss(pred) + config.lam * reconstruction_loss(pred, noise)
+    """DPL stage 2's loss: ``(1 - lambda) * L_noise + lambda * L_rec`` (``lambda = config.lam``).
+
+    ``L_rec`` is built first: autograd sums the gradients of ``pred``'s uses in the reverse order of
+    their creation, so this order keeps training bit-identical to the releases before the recipes."""
+    rec = reconstruction_loss(pred, noise)
+    return (1 - config.lam) * noise_constraint_loss(pred) + config.lam * rec
 
 
 STAGE1 = StageRecipe(method="eym_v1", stage=1, name="DPL stage 1", parts=("attn1",), shuffle=True, masked=True,
