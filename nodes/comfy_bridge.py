@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from ..motion_core.errors import ModelError
+from ..motion_core.files import atomic_path
 
 log = logging.getLogger("edit_your_motion")
 
@@ -409,19 +409,8 @@ def install_sample_inputs(source: Path = SAMPLE_INPUTS, target: Path | None = No
         dest = Path(target) / path.name
         if dest.exists():
             continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(dest.parent))
-        os.close(fd)
-        try:
+        with atomic_path(dest) as tmp:
             shutil.copyfile(path, tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
         copied.append(path.name)
     if copied:
         log.info("Edit-Your-Motion: copied the sample inputs %s into %s", ", ".join(copied), target)

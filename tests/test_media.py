@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import av
 import numpy as np
+import os
+
 import pytest
 from PIL import Image
 
@@ -73,3 +75,20 @@ def test_bad_input_is_refused_and_nothing_is_written(tmp_path):
     with pytest.raises(InputError, match="fps"):
         write_animation(tmp_path / "a.gif", _clip(), fps=0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
+    from edit_your_motion.motion_core.files import atomic_path
+
+    dest = tmp_path / "sub" / "out.bin"
+    with atomic_path(dest) as tmp:
+        assert tmp.parent == dest.parent and tmp != dest
+        tmp.write_bytes(b"new")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dest.read_bytes() == b"new" and dest.stat().st_mode & 0o777 == 0o666 & ~umask  # not left private
+    with pytest.raises(KeyboardInterrupt):  # a cancel half-way
+        with atomic_path(dest) as tmp:
+            tmp.write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert dest.read_bytes() == b"new" and sorted(p.name for p in dest.parent.iterdir()) == ["out.bin"]

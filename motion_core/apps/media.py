@@ -11,14 +11,13 @@ target folder and renamed when complete, so a reader never sees half a file.
 from __future__ import annotations
 
 import os
-import tempfile
-from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
+from ..files import atomic_path
 
 ANIMATION_FORMATS = {".webp": "WEBP", ".gif": "GIF"}
 
@@ -39,23 +38,6 @@ def _check_fps(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
-@contextmanager
-def _atomic(path: Path):
-    """A temporary path next to ``path`` (same suffix), renamed to ``path`` when the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; a video is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_video(path: str | os.PathLike, frames, fps: float = 8.0) -> Path:
     """Write ``frames`` (RGB uint8 ``(n, H, W, 3)``) as an H.264 mp4 at ``fps``; returns the path.
 
@@ -72,7 +54,7 @@ def write_video(path: str | os.PathLike, frames, fps: float = 8.0) -> Path:
     h, w = frames.shape[1:3]
     if h % 2 or w % 2:
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
             stream = container.add_stream("libx264", rate=rate)
             stream.width, stream.height = frames.shape[2], frames.shape[1]
@@ -99,6 +81,6 @@ def write_animation(path: str | os.PathLike, frames, fps: float = 8.0) -> Path:
     duration = max(1, round(1000 / float(_check_fps(fps))))  # milliseconds per frame
     images = [Image.fromarray(f) for f in frames]
     extra = {"lossless": True} if fmt == "WEBP" else {}
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         images[0].save(tmp, format=fmt, save_all=True, append_images=images[1:], duration=duration, loop=0, **extra)
     return path
