@@ -119,3 +119,37 @@ def nonfinite_tensors(named: Iterable[tuple[str, torch.Tensor]], limit: int = 3)
             if len(out) >= limit:
                 break
     return out
+
+
+def check_inputs_finite(**named: torch.Tensor | None) -> None:
+    """:func:`check_finite` for each named input (``None`` is skipped)."""
+    for name, value in named.items():
+        check_finite(name, value)
+
+
+def check_guidance(guidance: float, negative: object | None, name: str = "uncond_embeddings") -> None:
+    """Classifier-free guidance: ``guidance`` must be >= 1, and above 1 it needs the negative (empty)
+    prompt, given as the input called ``name`` (the engine's argument or the node's socket)."""
+    if guidance < 1:
+        raise InputError(f"guidance must be >= 1 (1 = no classifier-free guidance); got {guidance}")
+    if guidance > 1 and negative is None:
+        raise InputError(
+            f"guidance > 1 needs '{name}', the negative (empty) prompt: connect a CLIP Text Encode with an empty "
+            "prompt there, or set guidance to 1"
+        )
+
+
+def check_poses(name: str, poses: torch.Tensor | None, latents: torch.Tensor, has_controlnet: bool,
+                factor: int = 8) -> None:
+    """Pose hints ``(frames, 3, H, W)`` must be the video's pixel size (``factor`` × the latents') and
+    need a ControlNet to read them. ``None`` (no poses) passes."""
+    if poses is None:
+        return
+    want = (latents.shape[-2] * factor, latents.shape[-1] * factor)
+    if tuple(poses.shape[-2:]) != want:
+        raise InputError(
+            f"{name} are {poses.shape[-1]}x{poses.shape[-2]} pixels but the latents are for {want[1]}x{want[0]}; "
+            "resize the pose images to the video size"
+        )
+    if not has_controlnet:
+        raise InputError(f"{name} were given but the model has no ControlNet; load an openpose ControlNet")

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import torch
 
 from ..motion_core.errors import InputError, check_finite, check_frame_counts
+from ..motion_core.precision import dtype_of
 from ..motion_core.method.frames import poses_to_condition
 from ..motion_core.video_model.model import MotionModel
 from . import comfy_bridge as bridge
@@ -161,7 +162,7 @@ def device_dtype_choice(choice: str, device: torch.device) -> torch.dtype:
         return torch.float32
     if choice == "fp16" and device.type == "cpu":
         raise InputError("weight_dtype fp16 is for GPUs (the CPU cannot tune in fp16); choose bf16, fp32 or auto")
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[choice]
+    return dtype_of(choice, "weight_dtype")
 
 
 def training_precision(choice: str, handle: MotionHandle, device: torch.device) -> str:

@@ -7,7 +7,7 @@ import logging
 from ..motion_core.video_model.attention import INJECTION_MODES
 from ..motion_core.method.ddim import ddim_invert_trajectory
 from ..motion_core.method.keep_background import GHOST_FILLS, make_keeper, region_fraction
-from ..motion_core.errors import InputError
+from ..motion_core.errors import InputError, check_guidance
 from ..motion_core.pose.masks import person_masks_from_keypoints
 from ..motion_core.method.sampler import SamplerConfig, two_branch_sample
 from . import comfy_bridge as bridge
@@ -20,16 +20,16 @@ INJECT_LAYERS = ("down+mid+up", "down+mid", "mid+up", "down", "mid", "up")
 INVERSION_KEY = "eym_inversion"
 
 
-def _steps_input(default: int = 50) -> tuple:
+def steps_input(default: int = 50) -> tuple:
     return ("INT", {"default": default, "min": 1, "max": 1000, "tooltip": "DDIM steps (paper: 50). Use the same number for inversion and sampling."})
 
 
-def _guidance_input() -> tuple:
+def guidance_input() -> tuple:
     return ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1,
                       "tooltip": "Classifier-free guidance. 1 = none (paper). Above 1 needs 'negative' and doubles the work."})
 
 
-def _negative_input() -> tuple:
+def negative_input() -> tuple:
     return ("CONDITIONING", {"tooltip": "Negative/empty prompt, used only when guidance > 1."})
 
 
@@ -124,12 +124,12 @@ class DDIMInversion:
                 "latent": ("LATENT", {"tooltip": "VAE Encode of the source frames, unmasked, in order."}),
                 "source_conditioning": ("CONDITIONING", {"tooltip": "The source prompt P_s."}),
                 "source_poses": ("IMAGE", {"tooltip": "Pose images of the source video."}),
-                "steps": _steps_input(),
+                "steps": steps_input(),
                 "use_controlnet": ("BOOLEAN", {"default": True, "tooltip": "Invert with the source-pose ControlNet (default). Off: invert without it, as MotionEditor does."}),
                 "control_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": "ControlNet strength during inversion."}),
-                "guidance": _guidance_input(),
+                "guidance": guidance_input(),
             },
-            "optional": {"negative": _negative_input()},
+            "optional": {"negative": negative_input()},
         }
 
     def run(self, video_model, latent, source_conditioning, source_poses, steps, use_controlnet, control_strength,
@@ -140,8 +140,7 @@ class DDIMInversion:
         latents = latents_in(latent, scale, "latent")
         emb = embedding(source_conditioning, "source_conditioning")
         hint = pose_hint(source_poses, latents, "source_poses") if use_controlnet else None
-        if guidance > 1 and negative is None:
-            raise InputError("guidance > 1 needs 'negative': connect a CLIP Text Encode with an empty prompt, or set guidance to 1")
+        check_guidance(guidance, negative, "negative")
         uncond = embedding(negative, "negative") if guidance > 1 else None
         need = ensure_fits("EYM DDIM Inversion", handle, "inversion", latents, guidance=guidance)
         progress.phase("moving the video model to the device")
@@ -177,9 +176,9 @@ class TwoBranchSampler:
                 "target_conditioning": ("CONDITIONING", {"tooltip": "The target prompt P_t: the content prompt plus the new motion (editing branch)."}),
                 "source_poses": ("IMAGE", {"tooltip": "Pose images of the source video (reconstruction branch)."}),
                 "reference_poses": ("IMAGE", {"tooltip": "Pose images of the new motion (editing branch), ideally aligned with EYM Align Skeleton."}),
-                "steps": _steps_input(),
+                "steps": steps_input(),
                 "control_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": "ControlNet strength in both branches."}),
-                "guidance": _guidance_input(),
+                "guidance": guidance_input(),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": "fixed", "tooltip": "Seed of the fresh noise when eta > 0 (eta 0 is deterministic)."}),
                 "eta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "DDIM eta: 0 = deterministic (paper); above 0 adds noise each step."}),
                 "inject_start": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Fraction of the steps after which K/V injection starts (0 = from the first step)."}),
@@ -194,7 +193,7 @@ class TwoBranchSampler:
                 }),
                 "reconstruction_controlnet": ("BOOLEAN", {"default": True, "tooltip": "Give the reconstruction branch the source-pose ControlNet (default, matching the inversion). Off: as MotionEditor."}),
             },
-            "optional": {"negative": _negative_input(), **keep_background_inputs()},
+            "optional": {"negative": negative_input(), **keep_background_inputs()},
         }
 
     def run(self, video_model, inverted_latent, source_conditioning, target_conditioning, source_poses, reference_poses,
@@ -211,8 +210,7 @@ class TwoBranchSampler:
             log.warning("inverted_latent does not come from EYM DDIM Inversion; the edit will not keep the source content")
         elif info["steps"] != steps:
             log.warning("the clip was inverted with %d steps but is sampled with %d; use the same number", info["steps"], steps)
-        if guidance > 1 and negative is None:
-            raise InputError("guidance > 1 needs 'negative': connect a CLIP Text Encode with an empty prompt, or set guidance to 1")
+        check_guidance(guidance, negative, "negative")
         if kv_injection == "balanced" and handle.attention_mode not in ("rc", "self"):
             log.warning("kv_injection balanced reproduces the source exactly only with attention mode rc or self; with "
                         "%s most frames do not read themselves and a null edit only comes close", handle.attention_mode)

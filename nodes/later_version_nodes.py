@@ -7,13 +7,13 @@ import logging
 
 from ..motion_core.method.single_branch import repeat_to_frames, single_branch_sample
 from ..motion_core.method.tuner import TuneConfig
-from ..motion_core.errors import InputError
+from ..motion_core.errors import InputError, check_guidance
 from . import comfy_bridge as bridge
 from .handle import CATEGORY, MODEL_TYPE, activated, check_handle, embedding, latents_in, latents_out, pose_hint
-from .inference_nodes import (INVERSION_KEY, _guidance_input, _negative_input, _steps_input, build_keeper,
+from .inference_nodes import (INVERSION_KEY, guidance_input, negative_input, steps_input, build_keeper,
                               keep_background_inputs)
 from .memory_guard import ensure_fits
-from .tuning_nodes import _common_inputs, _tune, memory_inputs
+from .tuning_nodes import tuning_inputs, run_tuning_node, memory_inputs
 
 log = logging.getLogger("edit_your_motion")
 
@@ -44,14 +44,14 @@ class STLStage1:
             "source_conditioning": ("CONDITIONING", {"tooltip": "The source prompt P_s: the person and background plus the source motion (e.g. 'a boy in black clothes is dancing'). The paper names no prompt for STL; the frames are in order, so the prompt names their motion."}),
             "source_poses": ("IMAGE", {"tooltip": "Pose images of the source video, one per frame (EYM Extract Poses)."}),
         }
-        required.update(_common_inputs("Optimisation steps (paper: 300, its best setting in Table V)."))
+        required.update(tuning_inputs("Optimisation steps (paper: 300, its best setting in Table V)."))
         return {"required": required, "optional": memory_inputs()}
 
     def run(self, video_model, masked_latent, source_conditioning, source_poses, steps, learning_rate, seed,
             precision, gradient_checkpointing, control_strength, optimizer="adamw", activation_offload=False):
         config = _stl_config(steps, learning_rate, seed, precision, gradient_checkpointing, control_strength,
                              optimizer, activation_offload)
-        return _tune(1, video_model, masked_latent, source_conditioning, source_poses, "source_conditioning",
+        return run_tuning_node(1, video_model, masked_latent, source_conditioning, source_poses, "source_conditioning",
                      "masked_latent", config, method="eym_v2", node="EYM STL Stage 1")
 
 
@@ -74,14 +74,14 @@ class STLStage2:
             "source_conditioning": ("CONDITIONING", {"tooltip": "The source prompt P_s."}),
             "source_poses": ("IMAGE", {"tooltip": "Pose images of the source video, one per frame."}),
         }
-        required.update(_common_inputs("Optimisation steps (paper: 300)."))
+        required.update(tuning_inputs("Optimisation steps (paper: 300)."))
         return {"required": required, "optional": memory_inputs()}
 
     def run(self, video_model, latent, source_conditioning, source_poses, steps, learning_rate, seed, precision,
             gradient_checkpointing, control_strength, optimizer="adamw", activation_offload=False):
         config = _stl_config(steps, learning_rate, seed, precision, gradient_checkpointing, control_strength,
                              optimizer, activation_offload)
-        return _tune(2, video_model, latent, source_conditioning, source_poses, "source_conditioning", "latent",
+        return run_tuning_node(2, video_model, latent, source_conditioning, source_poses, "source_conditioning", "latent",
                      config, method="eym_v2", node="EYM STL Stage 2")
 
 
@@ -106,12 +106,12 @@ class SingleBranchSampler:
                 "inverted_latent": ("LATENT", {"tooltip": "Output of EYM DDIM Inversion."}),
                 "target_conditioning": ("CONDITIONING", {"tooltip": "The target prompt P_t: the person and background plus the new motion."}),
                 "reference_poses": ("IMAGE", {"tooltip": "Pose images of the new motion, ideally moved onto the source person with EYM Align Skeleton."}),
-                "steps": _steps_input(),
+                "steps": steps_input(),
                 "control_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": "ControlNet strength."}),
-                "guidance": _guidance_input(),
+                "guidance": guidance_input(),
             },
             "optional": {
-                "negative": _negative_input(),
+                "negative": negative_input(),
                 **keep_background_inputs(),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": "fixed", "tooltip": "Seed of the fresh noise of renoise_ghost."}),
             },
@@ -129,8 +129,7 @@ class SingleBranchSampler:
             log.warning("inverted_latent does not come from EYM DDIM Inversion; the edit will not keep the source content")
         elif info["steps"] != steps:
             log.warning("the clip was inverted with %d steps but is sampled with %d; use the same number", info["steps"], steps)
-        if guidance > 1 and negative is None:
-            raise InputError("guidance > 1 needs 'negative': connect a CLIP Text Encode with an empty prompt, or set guidance to 1")
+        check_guidance(guidance, negative, "negative")
         emb = embedding(target_conditioning, "target_conditioning")
         uncond = embedding(negative, "negative") if guidance > 1 else None
         ref = pose_hint(reference_poses, z_t, "reference_poses")

@@ -8,7 +8,7 @@ import torch
 from ..motion_core.errors import InputError, check_frame_counts
 from ..motion_core.method.frames import apply_background_mask
 from ..motion_core.pose import mediapipe_detector, person_masks_from_keypoints
-from ..motion_core.pose.keypoints import _format_indices
+from ..motion_core.pose.keypoints import format_indices
 from ..motion_core.pose.mask_refine import refine_masks
 from . import comfy_bridge as bridge
 from . import detectors
@@ -190,7 +190,7 @@ class PersonMask:
         empty = torch.nonzero(masks.flatten(1).amax(1) == 0).flatten().tolist()
         if empty and not allow_missing:
             raise InputError(
-                f"the {chosen} person mask is empty in images frame(s) {_format_indices(empty)} of {n}: no person "
+                f"the {chosen} person mask is empty in images frame(s) {format_indices(empty)} of {n}: no person "
                 "was found there (or grow_pixels shrank it away). Trim those frames, try another method, or turn on "
                 "allow_missing."
             )

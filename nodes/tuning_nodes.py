@@ -27,7 +27,7 @@ CHECKPOINT_TOOLTIP = (
 )
 
 
-def _common_inputs(steps_tooltip: str) -> dict:
+def tuning_inputs(steps_tooltip: str) -> dict:
     return {
         "steps": ("INT", {"default": 300, "min": 1, "max": 10000, "tooltip": steps_tooltip}),
         "learning_rate": ("FLOAT", {"default": 3e-5, "min": 1e-7, "max": 1e-2, "step": 1e-6, "round": False,
@@ -60,8 +60,10 @@ def memory_inputs() -> dict:
     }
 
 
-def _tune(stage: int, video_model, latent, conditioning, poses, cond_name: str, latent_name: str,
-          config: TuneConfig, permutation=None, method: str = "eym_v1", node: str = ""):
+def run_tuning_node(stage: int, video_model, latent, conditioning, poses, cond_name: str, latent_name: str,
+                    config: TuneConfig, permutation=None, method: str = "eym_v1", node: str = ""):
+    """What every tuning node runs (both methods, both stages): check the inputs, ask ComfyUI for the memory,
+    tune ``stage`` of ``method`` on the handle's model; returns the node output (the handle with that stage)."""
     # the bar shows from the first second; its 3 set-up units cover what runs before the first step
     progress = bridge.Progress(config.steps, f"Edit-Your-Motion stage {stage}", prepare=3)
     handle = check_handle(video_model, "video_model")
@@ -113,7 +115,7 @@ class TuneStage1:
             "content_conditioning": ("CONDITIONING", {"tooltip": "The content prompt P_c: the person and background, no motion (e.g. 'a boy wearing black clothes and gray pants')."}),
             "source_poses": ("IMAGE", {"tooltip": "Pose images of the source video, one per frame (EYM Extract Poses)."}),
         }
-        required.update(_common_inputs("Optimisation steps (paper: 300)."))
+        required.update(tuning_inputs("Optimisation steps (paper: 300)."))
         required["shuffle"] = (list(SHUFFLE_MODES), {
             "default": "per_step",
             "tooltip": "per_step: a fresh random frame order every step (paper). fixed: one order (the 'permutation' input, "
@@ -131,7 +133,7 @@ class TuneStage1:
         config = TuneConfig(steps=steps, learning_rate=learning_rate, seed=seed, precision=precision,
                             gradient_checkpointing=gradient_checkpointing, shuffle=shuffle, control_scale=control_strength,
                             optimizer=optimizer, activation_offload=activation_offload)
-        return _tune(1, video_model, masked_latent, content_conditioning, source_poses, "content_conditioning",
+        return run_tuning_node(1, video_model, masked_latent, content_conditioning, source_poses, "content_conditioning",
                      "masked_latent", config, permutation, node="EYM Stage 1 Tuning")
 
 
@@ -154,7 +156,7 @@ class TuneStage2:
             "source_conditioning": ("CONDITIONING", {"tooltip": "The source prompt P_s: the content prompt plus the source motion (e.g. '... is dancing')."}),
             "source_poses": ("IMAGE", {"tooltip": "Pose images of the source video, one per frame."}),
         }
-        required.update(_common_inputs("Optimisation steps (paper: 300)."))
+        required.update(tuning_inputs("Optimisation steps (paper: 300)."))
         required["noise_constraint_lambda"] = ("FLOAT", {
             "default": 0.9, "min": 0.0, "max": 1.0, "step": 0.01,
             "tooltip": "lambda in (1 - lambda) * L_noise + lambda * L_rec (paper: 0.9). Lower values smooth the motion more.",
@@ -167,7 +169,7 @@ class TuneStage2:
         config = TuneConfig(steps=steps, learning_rate=learning_rate, seed=seed, precision=precision,
                             gradient_checkpointing=gradient_checkpointing, lam=noise_constraint_lambda,
                             control_scale=control_strength, optimizer=optimizer, activation_offload=activation_offload)
-        return _tune(2, video_model, latent, source_conditioning, source_poses, "source_conditioning", "latent", config,
+        return run_tuning_node(2, video_model, latent, source_conditioning, source_poses, "source_conditioning", "latent", config,
                      node="EYM Stage 2 Tuning")
 
 

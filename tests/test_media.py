@@ -9,7 +9,7 @@ import os
 import pytest
 from PIL import Image
 
-from edit_your_motion.motion_core.apps.media import write_animation, write_video
+from edit_your_motion.motion_core.apps.media import write_animation, write_png, write_video
 from edit_your_motion.motion_core.errors import InputError
 
 
@@ -65,6 +65,14 @@ def test_write_animation_loops_every_frame(tmp_path, suffix):
         assert np.abs(last.astype(int) - frames[2].astype(int)).mean() < 12
 
 
+def test_write_png_round_trips_exactly(tmp_path):
+    picture = _clip(1, 9, 13)[0]
+    path = write_png(tmp_path / "grid.png", picture)
+    with Image.open(path) as im:
+        assert im.format == "PNG" and np.array_equal(np.asarray(im.convert("RGB")), picture)
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+
+
 def test_bad_input_is_refused_and_nothing_is_written(tmp_path):
     with pytest.raises(InputError, match="uint8"):
         write_video(tmp_path / "a.mp4", np.zeros((2, 8, 8, 3), np.float32))
@@ -74,6 +82,10 @@ def test_bad_input_is_refused_and_nothing_is_written(tmp_path):
         write_animation(tmp_path / "a.png", _clip())
     with pytest.raises(InputError, match="fps"):
         write_animation(tmp_path / "a.gif", _clip(), fps=0)
+    with pytest.raises(InputError, match=r"\.png"):
+        write_png(tmp_path / "a.jpg", _clip()[0])
+    with pytest.raises(InputError, match="uint8"):
+        write_png(tmp_path / "a.png", _clip()[0].astype(np.float32))
     assert list(tmp_path.iterdir()) == []
 
 

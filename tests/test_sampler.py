@@ -139,7 +139,7 @@ def test_bad_inputs(setup):
         _run(s, inject_start=0.8, inject_end=0.2)
     with pytest.raises(InputError, match="inject_parts"):
         _run(s, inject_parts=("middle",))
-    with pytest.raises(InputError, match="resize them"):
+    with pytest.raises(InputError, match="resize the pose images to the video size"):
         two_branch_sample(s["model"], s["z"], s["ps"], s["pt"], s["src"], s["ref"][..., :32, :32])
 
 

@@ -58,7 +58,7 @@ def test_bad_inputs(setup):
     s = setup
     with pytest.raises(InputError, match="reference_poses has 2"):
         single_branch_sample(s["model"], s["z"], s["pt"], s["ref"][:2])
-    with pytest.raises(InputError, match="resize them"):
+    with pytest.raises(InputError, match="resize the pose images to the video size"):
         single_branch_sample(s["model"], s["z"], s["pt"], s["ref"][..., :32, :32])
     with pytest.raises(InputError, match="uncond"):
         single_branch_sample(s["model"], s["z"], s["pt"], s["ref"], guidance=2.0)

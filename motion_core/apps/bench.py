@@ -53,6 +53,7 @@ from diffusers import DDPMScheduler
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import InputError
+from ..precision import dtype_of
 from ..video_model.attention import kv_frame_indices
 from ..method.ddim import ddim_invert
 from ..method.sampler import SamplerConfig, two_branch_sample
@@ -239,8 +240,8 @@ def build(args, method: str = "eym_v1") -> tuple:
     with torch.device(device):  # initialise SD1.5-size random weights on the GPU directly
         model = build_motion_model(args.size, attention_mode=None, seed=0, method=method)
     if precision != "fp32":
-        model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
-    model.compute_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        model.to(dtype_of(precision))
+    model.compute_dtype = dtype_of(precision)
     if args.compile:
         model.unet.compile()  # in place: parameter names stay the same
     n, hw = args.frames, args.resolution // 8

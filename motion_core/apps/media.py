@@ -3,6 +3,7 @@
 * :func:`write_video` — H.264 (``libx264``, ``yuv420p``, ``+faststart``) in an mp4 through PyAV, whose
   wheel bundles ffmpeg (ComfyUI itself depends on ``av``). Plays in every browser and player.
 * :func:`write_animation` — animated WebP (``.webp``) or GIF (``.gif``) through Pillow, looping.
+* :func:`write_png` — one picture (a grid of frames) as a PNG through Pillow.
 
 Frames are RGB ``uint8`` arrays ``(n, H, W, 3)``. Files are written under a temporary name in the
 target folder and renamed when complete, so a reader never sees half a file.
@@ -83,4 +84,17 @@ def write_animation(path: str | os.PathLike, frames, fps: float = 8.0) -> Path:
     extra = {"lossless": True} if fmt == "WEBP" else {}
     with atomic_path(path) as tmp:
         images[0].save(tmp, format=fmt, save_all=True, append_images=images[1:], duration=duration, loop=0, **extra)
+    return path
+
+
+def write_png(path: str | os.PathLike, image) -> Path:
+    """Write one RGB ``uint8`` picture ``(H, W, 3)`` as a PNG; returns the path."""
+    from PIL import Image
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise InputError(f"write_png writes .png files; got {path.name!r}")
+    image = _check_frames(np.asarray(image)[None])[0]
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
     return path

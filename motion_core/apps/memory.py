@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
 import weakref
 from typing import Callable
 from unittest import mock
@@ -40,6 +39,7 @@ from torch.utils.weak import WeakTensorKeyDictionary
 from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import InputError
+from ..precision import dtype_of, name_of
 from ..method.tuner import OPTIMIZERS, ROLLBACKS
 
 aten = torch.ops.aten
@@ -316,7 +316,7 @@ class Job:
 
     @property
     def precision(self) -> str:
-        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.weight_dtype]
+        return name_of(self.weight_dtype)
 
 
 def _build(job: Job, device: str, unet_config: dict | None = None, controlnet_config: dict | None = None,
@@ -510,7 +510,7 @@ def add_arguments(p) -> None:
 
 
 def job_from_args(args, method: str) -> Job:
-    dtype = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.precision]
+    dtype = dtype_of("bf16" if args.precision == "auto" else args.precision)  # auto: what a GPU stores
     return Job(method=method, frames=args.frames, resolution=args.resolution, size=args.size,
                gradient_checkpointing=not args.no_checkpointing, optimizer=args.optimizer, rollback=args.rollback,
                activation_offload=args.activation_offload, weight_dtype=dtype)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..world import metrics as M
+from .media import write_animation, write_png
 from ..world import pipeline as P
 from ..world import vae
 from ..world.model import load as load_world
@@ -122,24 +123,6 @@ def case_strips(columns: dict[str, torch.Tensor], scale: int = 4) -> np.ndarray:
     return np.stack(strips)
 
 
-def write_png(path: Path, image: np.ndarray) -> None:
-    import cv2
-
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    os.replace(tmp, path)
-
-
-def write_animation(path: Path, frames: np.ndarray, fps: float = 4.0) -> None:
-    from PIL import Image
-
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(tmp, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0,
-                   **({"lossless": True} if path.suffix == ".webp" else {}))
-    os.replace(tmp, path)
-
-
 def pose_columns(inputs: P.CaseInputs) -> dict[str, torch.Tensor]:
     """The fixed columns: source, aligned reference pose (at world resolution), ground truth."""
     ref = inputs.reference_hints.permute(0, 2, 3, 1)
@@ -171,7 +154,7 @@ def _run_case(job) -> tuple[int, dict, dict]:
     if output:
         out = Path(output)
         write_png(out / f"case_{c:02d}.png", case_grid(columns))
-        write_animation(out / f"case_{c:02d}.webp", case_strips(columns))
+        write_animation(out / f"case_{c:02d}.webp", case_strips(columns), fps=4)
     return c, scores, seconds
 
 

@@ -14,11 +14,10 @@ import os
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
-from ..apps.media import write_animation, write_video
+from ..apps.media import write_animation, write_png, write_video
 from ..errors import InputError
 from ..method.ddim import ddim_invert
 from ..method.frames import apply_background_mask, poses_to_condition
@@ -120,7 +119,7 @@ def run_selfcheck(output: str | os.PathLike = "selfcheck_output", frames: int = 
     panel = torch.cat([source.frames, ref_poses, recon, edited], dim=2)  # side by side
     rows = _to_uint8(panel)
     for i, row in enumerate(rows):
-        cv2.imwrite(str(out / "frames" / f"frame_{i:03d}.png"), cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
+        write_png(out / "frames" / f"frame_{i:03d}.png", row)
     video = write_video(out / "selfcheck.mp4", rows)
     animation = write_animation(out / "selfcheck.webp", rows)
 

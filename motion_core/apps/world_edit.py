@@ -25,7 +25,8 @@ from ..world import pipeline as P
 from ..world import vae
 from ..world.model import load as load_world
 from ..world.scene import make_case
-from .quality import case_grid, case_strips, pose_columns, write_animation, write_png
+from .media import write_animation, write_png
+from .quality import case_grid, case_strips, pose_columns
 
 BANNER = ("WORLD EDIT: no SD1.5 weights here, so this runs Edit-Your-Motion in the pack's small toy world "
           "(a 6M-parameter base model trained on a CPU, 32x32 latents), where the ground-truth edit is known. "
@@ -59,7 +60,7 @@ def run_world_edit(output: str | os.PathLike = "edit_output", seed: int = 0, cas
     grid = case_grid(ordered)
     strips = case_strips(ordered)
     write_png(out / "world_edit.png", grid)
-    write_animation(out / "world_edit.webp", strips)
+    write_animation(out / "world_edit.webp", strips, fps=4)
     video = None
     try:
         from .media import write_video

@@ -15,7 +15,8 @@ from typing import Callable
 import torch
 from diffusers import DDIMScheduler
 
-from ..errors import InputError, ModelError, check_finite, check_frame_counts, check_latent_size, nonfinite_tensors
+from ..errors import (InputError, ModelError, check_frame_counts, check_guidance, check_inputs_finite, check_latent_size,
+                      check_poses, nonfinite_tensors)
 from ..video_model.model import MotionModel, match_token_lengths
 
 #: ``callback(step, total_steps)`` after every step; raise inside it to cancel.
@@ -71,11 +72,6 @@ def guided(eps: torch.Tensor, groups: int, guidance: float) -> torch.Tensor:
     return uncond + guidance * (cond - uncond)
 
 
-def check_inputs_finite(**named: torch.Tensor | None) -> None:
-    for name, value in named.items():
-        check_finite(name, value)
-
-
 def check_output_finite(model: MotionModel, result: torch.Tensor, what: str) -> None:
     """Refuse a non-finite result (the inputs were checked before): name the likely cause."""
     if bool(torch.isfinite(result).all()):
@@ -101,10 +97,9 @@ def _ddim_run(model: MotionModel, latents, text_embeddings, poses, num_steps, co
     :class:`~motion_core.method.keep_background.BackgroundKeeper` blended in after every step."""
     check_latent_size("latents", latents, model.unet.config.in_channels)
     n = check_frame_counts(latents=latents, poses=poses)
-    if guidance < 1:
-        raise InputError(f"guidance must be >= 1 (1 = no classifier-free guidance); got {guidance}")
-    if guidance > 1 and uncond_embeddings is None:
-        raise InputError("guidance > 1 needs the negative/empty prompt embedding (uncond_embeddings)")
+    if poses is not None:
+        check_poses("poses", poses, latents, model.controlnet is not None)
+    check_guidance(guidance, uncond_embeddings)
     check_inputs_finite(latents=latents, text_embeddings=text_embeddings, poses=poses,
                         uncond_embeddings=uncond_embeddings if guidance > 1 else None)
     device = model.device

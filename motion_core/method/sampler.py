@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..video_model.attention import INJECTION_MODES, UNET_PARTS
-from ..method.ddim import ProgressCallback, check_inputs_finite, check_output_finite, ddim_schedule, ddim_step
-from ..errors import InputError, check_frame_counts, check_latent_size
+from ..method.ddim import ProgressCallback, check_output_finite, ddim_schedule, ddim_step
+from ..errors import InputError, check_frame_counts, check_guidance, check_inputs_finite, check_latent_size, check_poses
 from ..seeding import step_generator
 from ..video_model.model import MotionModel, match_token_lengths, to_device
 
@@ -105,11 +105,9 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
     check_latent_size("inverted latents", inverted_latents, model.unet.config.in_channels)
     n = check_frame_counts(inverted_latents=inverted_latents, source_poses=recon_poses, reference_poses=edit_poses)
     for name, poses in (("source poses", recon_poses), ("reference poses", edit_poses)):
-        if poses is not None and poses.shape[-2:] != (inverted_latents.shape[-2] * 8, inverted_latents.shape[-1] * 8):
-            raise InputError(f"{name} are {poses.shape[-1]}x{poses.shape[-2]} pixels; resize them to the video size")
+        check_poses(name, poses, inverted_latents, model.controlnet is not None)
+    check_guidance(config.guidance_scale, uncond_embeddings)
     cfg = config.guidance_scale > 1
-    if cfg and uncond_embeddings is None:
-        raise InputError("guidance > 1 needs the negative/empty prompt embedding (uncond_embeddings)")
     check_inputs_finite(inverted_latents=inverted_latents, recon_embeddings=recon_embeddings,
                         edit_embeddings=edit_embeddings, source_poses=recon_poses, reference_poses=edit_poses,
                         uncond_embeddings=uncond_embeddings if cfg else None)
@@ -132,8 +130,6 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
     e_scale = config.control_scale if edit_poses is not None else 0.0
     scale = [r_scale] * (k * n) + [e_scale] * (k * n)  # host floats: no device sync per step
     use_cn = model.controlnet is not None and any(x != 0 for x in scale)
-    if (recon_poses is not None or edit_poses is not None) and model.controlnet is None:
-        raise InputError("poses were given but the model has no ControlNet; load an openpose ControlNet")
 
     inject = {k + g: g for g in range(k)}
     plan = model.plan(n, 2 * k, inject, config.kv_injection)

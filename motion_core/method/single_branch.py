@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import InputError, check_frame_counts, check_latent_size
+from ..errors import InputError, check_frame_counts, check_latent_size, check_poses
 from ..video_model.model import MotionModel
 from .ddim import ProgressCallback, ddim_sample
 
@@ -39,12 +39,7 @@ def single_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, edi
     """
     check_latent_size("inverted latents", inverted_latents, model.unet.config.in_channels)
     check_frame_counts(inverted_latents=inverted_latents, reference_poses=edit_poses)
-    if edit_poses is not None:
-        if edit_poses.shape[-2:] != (inverted_latents.shape[-2] * 8, inverted_latents.shape[-1] * 8):
-            raise InputError(
-                f"reference poses are {edit_poses.shape[-1]}x{edit_poses.shape[-2]} pixels; resize them to the video size")
-        if model.controlnet is None:
-            raise InputError("poses were given but the model has no ControlNet; load an openpose ControlNet")
+    check_poses("reference poses", edit_poses, inverted_latents, model.controlnet is not None)
     if control_scale < 0:
         raise InputError(f"ControlNet strength must be >= 0; got {control_scale}")
     return ddim_sample(model, inverted_latents, edit_embeddings, edit_poses, num_steps=num_steps,

@@ -28,14 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 from diffusers import DDPMScheduler
 
-from ..errors import InputError, ModelError, check_finite, check_frame_counts, check_latent_size, nonfinite_tensors
+from ..precision import HALF, dtype_of, name_of
+from ..errors import InputError, ModelError, check_finite, check_frame_counts, check_latent_size, check_poses, nonfinite_tensors
 from ..method.frames import check_permutation, shuffle_permutation
 from ..seeding import step_generator
 from ..video_model.model import MotionModel, to_device
 
 log = logging.getLogger("edit_your_motion")
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SHUFFLE_MODES = ("per_step", "fixed", "none")
 #: ``adamw``: torch's AdamW (fused on CUDA); ``adamw8bit``: bitsandbytes' 8-bit AdamW (optional library),
 #: whose moments take 2 bytes per trained value instead of 8.
@@ -72,8 +72,7 @@ class TuneConfig:
             raise InputError(f"steps must be >= 1; got {self.steps}")
         if not self.learning_rate > 0:
             raise InputError(f"learning_rate must be > 0; got {self.learning_rate}")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        dtype_of(self.precision)
         if not 0.0 <= self.lam <= 1.0:
             raise InputError(f"lambda (lam) must be in [0, 1]; got {self.lam}")
         if self.shuffle not in SHUFFLE_MODES:
@@ -170,14 +169,14 @@ def _training_mode(model: MotionModel, names: list[str], config: TuneConfig):
     before = {n: (params[n].detach().to(host, copy=True) if config.rollback == "host" else params[n].detach().clone())
               for n in names}
     dtypes = {n: params[n].dtype for n in names}
-    compute = PRECISIONS[config.precision]
-    frozen_half = any(p.dtype in (torch.float16, torch.bfloat16) for n, p in params.items() if n not in before)
+    compute = dtype_of(config.precision)
+    frozen_half = any(p.dtype in HALF for n, p in params.items() if n not in before)
     if compute == torch.float32 and frozen_half:
         raise InputError("precision fp32 needs the model's weights in float32; choose bf16 or fp16, or load the model in fp32")
     storage = model.storage_dtype
     if storage != torch.float32 and compute != storage and model.device.type == "cpu":
         # CPU kernels (group norm) cannot mix bf16 activations with fp16 weights; CUDA autocast can
-        name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[storage]
+        name = name_of(storage)
         raise InputError(f"precision {config.precision} does not match the model's {name} weights; choose precision "
                          f"{name} (auto does), or load the model with another weight_dtype")
     if compute == torch.float16 and model.device.type == "cpu":
@@ -233,13 +232,7 @@ def tune(model: MotionModel, recipe: StageRecipe, latents: torch.Tensor, text_em
     stage = recipe.stage
     check_latent_size("latents", latents, model.unet.config.in_channels)
     n = check_frame_counts(latents=latents, poses=poses)
-    if poses is not None and poses.shape[-2:] != (latents.shape[-2] * 8, latents.shape[-1] * 8):
-        raise InputError(
-            f"poses are {poses.shape[-1]}x{poses.shape[-2]} pixels but the latents are for "
-            f"{latents.shape[-1] * 8}x{latents.shape[-2] * 8}; resize the pose images to the video size"
-        )
-    if poses is not None and model.controlnet is None:
-        raise InputError("poses were given but the model has no ControlNet; load an openpose ControlNet")
+    check_poses("poses", poses, latents, model.controlnet is not None)
     if text_embeddings.ndim != 3 or text_embeddings.shape[0] != 1:
         raise InputError(f"text_embeddings must be one prompt, shaped (1, tokens, dim); got {tuple(text_embeddings.shape)}")
     if text_embeddings.shape[-1] != model.unet.config.cross_attention_dim:

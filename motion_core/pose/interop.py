@@ -7,7 +7,7 @@ import numpy as np
 
 from ..errors import InputError
 from .keypoints import (
-    NUM_KEYPOINTS, _format_indices, as_keypoint_array, check_person, present_mask, select_person,
+    NUM_KEYPOINTS, format_indices, as_keypoint_array, check_person, present_mask, select_person,
 )
 
 
@@ -125,7 +125,7 @@ def from_pose_keypoint(frames, person: str | int = "largest", allow_missing: boo
     if no_person and not allow_missing:
         which = "no person" if person == "largest" else f"no person with index {person}"
         raise InputError(
-            f"{name} has {which} in frame(s) {_format_indices(no_person)} of {len(frames)}. "
+            f"{name} has {which} in frame(s) {format_indices(no_person)} of {len(frames)}. "
             "Trim those frames from the clip, lower the pose estimator's detection threshold, "
             "or allow frames without a person."
         )

@@ -153,7 +153,7 @@ def select_person(people: np.ndarray, person: str | int = "largest", scores: np.
 
 
 
-def _format_indices(indices: Sequence[int], limit: int = 30) -> str:
+def format_indices(indices: Sequence[int], limit: int = 30) -> str:
     shown = ", ".join(str(i) for i in indices[:limit])
     return shown + (f", ... ({len(indices)} in all)" if len(indices) > limit else "")
 
