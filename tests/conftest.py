@@ -20,7 +20,7 @@ if PACKAGE not in sys.modules:
     )
     module = importlib.util.module_from_spec(spec)
     # Registered without running the root __init__: engine tests then do not depend on the nodes
-    # importing; tests/test_nodes_contract.py runs the root __init__ as ComfyUI does.
+    # importing; tests/nodes/test_nodes_contract.py runs the root __init__ as ComfyUI does.
     sys.modules[PACKAGE] = module
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
@@ -52,3 +52,15 @@ def mediapipe_solutions():
     if os.environ.get("CI") and sys.version_info < (3, 13):
         pytest.fail(f"CI installs mediapipe (.ci/setup), but it is not usable: {problem}")
     pytest.skip(f"mediapipe is not installed here: {problem}")
+
+
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch):
+    """An empty models folder for the pack (``EYM_MODELS_DIR``), with no pose detector cached from
+    another test."""
+    from edit_your_motion.nodes import pose_nodes
+
+    monkeypatch.setenv("EYM_MODELS_DIR", str(tmp_path))
+    pose_nodes._DETECTORS.clear()
+    yield tmp_path
+    pose_nodes._DETECTORS.clear()

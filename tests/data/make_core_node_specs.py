@@ -1,6 +1,6 @@
 """Regenerate ``comfyui_core_node_specs_v0.21.json``: the ``/object_info`` entries of the ComfyUI core
 nodes that the shipped workflows use (plus a few common alternatives), trimmed to what
-tests/test_workflows.py checks: input declarations and order, outputs.
+tests/nodes/test_workflows.py checks: input declarations and order, outputs.
 
 ``comfyui_core_nodes_v0.21.json`` (every core node's input and output types, no order or options) is
 kept as it is; this file adds input order, required/optional, widget options and min/max, which the

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from edit_your_motion.motion_core.errors import InputError, ModelError
-from edit_your_motion.motion_core.testing import tiny
-from edit_your_motion.motion_core.testing.synthetic import frames_to_latents, make_clip
+from edit_your_motion.motion_core.testing.values import latent
 from edit_your_motion.nodes import inference_nodes, later_version_nodes as v2, model_nodes, tuning_nodes
 from edit_your_motion.motion_core.method.stages import stage_parameter_names
 
@@ -17,28 +16,9 @@ pytestmark = pytest.mark.usefixtures("comfy_inference_mode")
 SCALE = 0.18215
 
 
-def cond(text):
-    return [[tiny.encode_prompt(text), {"pooled_output": None}]]
-
-
-def latent(frames):
-    return {"samples": frames_to_latents(frames) / SCALE}
-
-
-@pytest.fixture
-def models_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("EYM_MODELS_DIR", str(tmp_path))
-    return tmp_path
-
-
 @pytest.fixture(scope="module")
-def data():
-    src = make_clip(3, 64, 64, "wave", seed=2)
-    ref = make_clip(3, 64, 64, "walk", seed=2)
-    unet = tiny.build_unet("tiny", 0)
-    return dict(unet=unet, cn=tiny.build_controlnet(unet, "tiny", 1), src=src, ref=ref,
-                ps=cond("a person in a green shirt is waving"), pt=cond("a person in a green shirt is walking"),
-                empty=cond(""))
+def data(tiny_job):
+    return tiny_job
 
 
 def load(data, method="eym_v2", mode="bidirectional"):

@@ -10,8 +10,7 @@ from edit_your_motion.motion_core.errors import InputError
 from edit_your_motion.motion_core.method.keep_background import latent_masks
 from edit_your_motion.motion_core.pose.interop import to_pose_keypoint
 from edit_your_motion.motion_core.pose.masks import person_masks_from_keypoints
-from edit_your_motion.motion_core.testing import tiny
-from edit_your_motion.motion_core.testing.synthetic import frames_to_latents, make_clip
+from edit_your_motion.motion_core.testing.values import latent
 from edit_your_motion.nodes import inference_nodes, later_version_nodes, model_nodes
 
 pytestmark = pytest.mark.usefixtures("comfy_inference_mode")  # as ComfyUI runs nodes
@@ -20,19 +19,9 @@ SCALE = 0.18215
 KEY = inference_nodes.INVERSION_KEY
 
 
-def cond(text):
-    return [[tiny.encode_prompt(text), {"pooled_output": None}]]
-
-
 @pytest.fixture(scope="module")
-def data():
-    src = make_clip(3, 64, 64, "wave", seed=2)
-    ref = make_clip(3, 64, 64, "walk", seed=2)
-    unet = tiny.build_unet("tiny", 0)
-    return dict(unet=unet, cn=tiny.build_controlnet(unet, "tiny", 1), src=src, ref=ref,
-                latent={"samples": frames_to_latents(src.frames) / SCALE},
-                ps=cond("a person in a green shirt is waving"), pt=cond("a person in a green shirt is walking"),
-                ref_kp=to_pose_keypoint(ref.keypoints, 64, 64))
+def data(tiny_job):
+    return dict(tiny_job, latent=latent(tiny_job["src"].frames), ref_kp=to_pose_keypoint(tiny_job["ref"].keypoints, 64, 64))
 
 
 def _outside(data):

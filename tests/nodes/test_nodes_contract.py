@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CORE_NODES = json.loads((ROOT / "tests" / "data" / "comfyui_core_nodes_v0.21.json").read_text())
 PACK_TYPES = {"EYM_MODEL", "EYM_PERMUTATION", "POSE_KEYPOINT"}
 CORE_TYPES = {"IMAGE", "MASK", "LATENT", "CONDITIONING", "MODEL", "CONTROL_NET", "VAE", "CLIP"}

@@ -1,6 +1,6 @@
 """The first five minutes in ComfyUI, checked without ComfyUI: what the shipped files and the bridge do
 for a new user (issue 17). The real frontend is checked by the opt-in browser test in
-tests/test_comfyui_integration.py.
+tests/nodes/test_comfyui_integration.py.
 
 * every workflow has its own thumbnail, and opens with sample inputs that ship with the pack (and that
   the pack copies into ComfyUI's input folder);
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-_spec = importlib.util.spec_from_file_location("eym_test_workflows_helpers", Path(__file__).with_name("test_workflows.py"))
+_spec = importlib.util.spec_from_file_location("eym_test_workflows_helpers", Path(__file__).resolve().parents[1] / "nodes" / "test_workflows.py")
 tw = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
 if not hasattr(tw, "validate_ui"):
     _spec.loader.exec_module(tw)

@@ -4,7 +4,7 @@
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 #: each top-level part of motion_core and its layer; a module may import only lower layers (or its own part)
 LAYERS = {

@@ -22,14 +22,6 @@ MODULES = (pose_nodes, mask_nodes, frame_nodes)
 ALL_NODES = [(mid, cls) for m in MODULES for mid, cls in m.NODE_CLASS_MAPPINGS.items()]
 
 
-@pytest.fixture
-def models_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("EYM_MODELS_DIR", str(tmp_path))
-    pose_nodes._DETECTORS.clear()
-    yield tmp_path
-    pose_nodes._DETECTORS.clear()
-
-
 @pytest.fixture(scope="module")
 def clip():
     return make_clip(4, 64, 64, "wave")

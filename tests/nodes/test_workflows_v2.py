@@ -1,6 +1,6 @@
 """The later version's shipped workflows (video and single-image source): paper settings, and an
 end-to-end run of each API twin in-process on tiny models (the validators and stand-ins of
-tests/test_workflows.py; its file-level checks already cover every workflow file)."""
+tests/nodes/test_workflows.py; its file-level checks already cover every workflow file)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-_spec = importlib.util.spec_from_file_location("eym_test_workflows_helpers", Path(__file__).with_name("test_workflows.py"))
+_spec = importlib.util.spec_from_file_location("eym_test_workflows_helpers", Path(__file__).resolve().parents[1] / "nodes" / "test_workflows.py")
 tw = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
 if not hasattr(tw, "validate_ui"):
     _spec.loader.exec_module(tw)

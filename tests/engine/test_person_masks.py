@@ -101,14 +101,6 @@ def test_refine_errors():
 # ------------------------------------------------------------------ availability switches
 
 @pytest.fixture
-def models_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("EYM_MODELS_DIR", str(tmp_path))
-    pose_nodes._DETECTORS.clear()
-    yield tmp_path
-    pose_nodes._DETECTORS.clear()
-
-
-@pytest.fixture
 def mediapipe_missing(monkeypatch):
     message = "mediapipe is not available. Install it with: pip install --no-deps mediapipe==0.10.14 (test)"
 

@@ -80,7 +80,7 @@ def test_edit_with_explicit_real_edit_options_fails_listing_what_is_missing(tmp_
 
 
 def test_edit_falls_back_to_the_world_edit_and_says_why(tmp_path, monkeypatch):
-    """Dispatch only: the world edit itself is tested in tests/test_world_quality.py."""
+    """Dispatch only: the world edit itself is tested in tests/world/test_world_quality.py."""
     calls, lines = [], []
     monkeypatch.setattr("edit_your_motion.motion_core.apps.world_edit.run_world_edit",
                         lambda output, log=print: calls.append(output) or {"passed": True})

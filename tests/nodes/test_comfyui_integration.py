@@ -4,7 +4,7 @@ Skipped unless ``EYM_COMFYUI_DIR`` points at a ComfyUI checkout (never runs in C
 Python of that ComfyUI's environment, e.g.::
 
     EYM_COMFYUI_DIR=/path/to/ComfyUI EYM_COMFYUI_PYTHON=/path/to/venv/bin/python \\
-        /path/to/venv/bin/python -m pytest -q tests/test_comfyui_integration.py -s
+        /path/to/venv/bin/python -m pytest -q tests/nodes/test_comfyui_integration.py -s
 
 Environment:
 
@@ -58,7 +58,7 @@ from types import SimpleNamespace
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The pack folder to install; another checkout of it can be tested with EYM_COMFYUI_PACK.
 PACK = Path(os.environ.get("EYM_COMFYUI_PACK") or ROOT).resolve()
 COMFY_DIR = os.environ.get("EYM_COMFYUI_DIR", "")
@@ -92,7 +92,7 @@ RUN_TIMEOUT = 3600.0
 
 
 def _load_harness():
-    spec = importlib.util.spec_from_file_location("eym_comfyui_harness", Path(__file__).with_name("comfyui_harness.py"))
+    spec = importlib.util.spec_from_file_location("eym_comfyui_harness", Path(__file__).resolve().parents[1] / "comfyui_harness.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -836,7 +836,7 @@ def test_interrupt_stops_tuning_within_a_step(server):
 # pack's sample inputs (the pack copies them in at start-up) and no OpenPose file: the user of the issue,
 # with mediapipe in ComfyUI's Python.
 
-_tw_spec = importlib.util.spec_from_file_location("eym_test_workflows_helpers", Path(__file__).with_name("test_workflows.py"))
+_tw_spec = importlib.util.spec_from_file_location("eym_test_workflows_helpers", Path(__file__).resolve().parents[1] / "nodes" / "test_workflows.py")
 TW = sys.modules.setdefault(_tw_spec.name, importlib.util.module_from_spec(_tw_spec))
 if not hasattr(TW, "validate_ui"):
     _tw_spec.loader.exec_module(TW)

@@ -1,6 +1,6 @@
 """Opt-in: mediapipe poses and person masks on a folder of real clips, as the workflow prepares them.
 
-    EYM_REAL_CLIPS_DIR=/path/to/clips .venv/bin/python -m pytest -q tests/test_real_clips.py -s
+    EYM_REAL_CLIPS_DIR=/path/to/clips .venv/bin/python -m pytest -q tests/engine/test_real_clips.py -s
 
 Skipped unless ``EYM_REAL_CLIPS_DIR`` names a folder (like the ComfyUI integration test). Nothing is
 downloaded and no clip belongs in the repository. Every video in the folder (``.mp4 .mov .avi .webm

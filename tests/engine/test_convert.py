@@ -13,7 +13,7 @@ from edit_your_motion.motion_core.errors import ModelError
 from edit_your_motion.motion_core.video_model.model import MotionModel
 from edit_your_motion.motion_core.method.stages import stage_parameter_names
 
-_spec = importlib.util.spec_from_file_location("comfyui_harness", Path(__file__).with_name("comfyui_harness.py"))
+_spec = importlib.util.spec_from_file_location("comfyui_harness", Path(__file__).resolve().parents[1] / "comfyui_harness.py")
 harness = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(harness)
 

@@ -6,22 +6,19 @@ import torch
 
 from edit_your_motion.motion_core.errors import InputError
 from edit_your_motion.motion_core.method import eym_v2, stl
-from edit_your_motion.motion_core.method.frames import apply_background_mask, poses_to_condition
 from edit_your_motion.motion_core.method.tuner import TuneConfig, reconstruction_loss
 from edit_your_motion.motion_core.testing import tiny
-from edit_your_motion.motion_core.testing.synthetic import frames_to_latents, make_clip
+from edit_your_motion.motion_core.testing.synthetic import make_clip
+from edit_your_motion.motion_core.testing.values import engine_inputs
 from edit_your_motion.motion_core.video_model.model import MotionModel
 from edit_your_motion.motion_core.method.stages import stage_parameter_names
 
 
 @pytest.fixture(scope="module")
 def clip():
-    c = make_clip(3, 64, 64, "wave", seed=1)
     return dict(
-        latents=frames_to_latents(c.frames),
-        masked=frames_to_latents(apply_background_mask(c.frames, c.masks)),
-        poses=poses_to_condition(c.poses, 64, 64),
-        ref=poses_to_condition(make_clip(3, 64, 64, "walk", seed=1).poses, 64, 64),
+        engine_inputs(make_clip(3, 64, 64, "wave", seed=1)),
+        ref=engine_inputs(make_clip(3, 64, 64, "walk", seed=1))["poses"],
         ps=tiny.encode_prompt("a person in a green shirt is waving"),
         pt=tiny.encode_prompt("a person in a green shirt is walking"),
     )

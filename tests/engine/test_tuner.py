@@ -5,8 +5,8 @@ import torch
 
 from edit_your_motion.motion_core.testing import tiny
 from edit_your_motion.motion_core.errors import InputError
-from edit_your_motion.motion_core.testing.synthetic import frames_to_latents, make_clip
-from edit_your_motion.motion_core.method.frames import apply_background_mask, poses_to_condition
+from edit_your_motion.motion_core.testing.synthetic import make_clip
+from edit_your_motion.motion_core.testing.values import engine_inputs
 from edit_your_motion.motion_core.method.dpl import noise_constraint_loss, tune_stage1, tune_stage2
 from edit_your_motion.motion_core.method.stages import stage_parameter_names, tune_stage
 from edit_your_motion.motion_core.method.tuner import TuneConfig, reconstruction_loss
@@ -14,11 +14,8 @@ from edit_your_motion.motion_core.method.tuner import TuneConfig, reconstruction
 
 @pytest.fixture(scope="module")
 def clip():
-    c = make_clip(4, 64, 64, "wave", seed=1)
     return dict(
-        latents=frames_to_latents(c.frames),
-        masked=frames_to_latents(apply_background_mask(c.frames, c.masks)),
-        poses=poses_to_condition(c.poses, 64, 64),
+        engine_inputs(make_clip(4, 64, 64, "wave", seed=1)),
         emb=tiny.encode_prompt("a person in a green shirt"),
     )
 

@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
 WORKFLOWS = ROOT / "example_workflows"  # the folder ComfyUI's template browser lists (top level only)
 API_DIR = WORKFLOWS / "api"
