@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, short_module_name
+from .images import to_uint8_frames
 from .keypoints import NUM_KEYPOINTS
 
 log = logging.getLogger("edit_your_motion")
@@ -200,23 +201,6 @@ def landmarks_to_openpose(landmarks, height: int, width: int, min_confidence: fl
 # detection
 # ----------------------------------------------------------------------------------------------
 
-def _to_uint8_frames(images) -> np.ndarray:
-    if isinstance(images, torch.Tensor):
-        arr = images.detach().to("cpu")
-        arr = arr.numpy() if arr.dtype == torch.uint8 else (arr.float().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
-    else:
-        arr = np.asarray(images)
-        if arr.dtype != np.uint8:
-            arr = (np.clip(arr.astype(np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.ndim != 4 or arr.shape[-1] not in (3, 4):
-        raise InputError(f"images must be RGB frames shaped (frames, height, width, 3); got {tuple(arr.shape)}")
-    if arr.shape[0] == 0:
-        raise InputError("images has no frames")
-    return np.ascontiguousarray(arr[..., :3])
-
-
 def _process(solution, frame: np.ndarray):
     with warnings.catch_warnings():  # protobuf 4 warns about an API mediapipe 0.10.x still calls
         warnings.filterwarnings("ignore", message=".*GetPrototype.*")
@@ -258,7 +242,7 @@ def detect_poses(images, video: bool = True, segmentation: bool = True, min_conf
         an all-zero mask; the caller decides whether that is an error.
     """
     solutions = import_mediapipe()
-    frames = _to_uint8_frames(images)
+    frames = to_uint8_frames(images)
     n, h, w = frames.shape[:3]
     landmarks = np.full((n, NUM_LANDMARKS, 3), np.nan, dtype=np.float32)
     masks = np.zeros((n, h, w), dtype=np.float32) if segmentation else None
@@ -302,7 +286,7 @@ def segment_people(images, model: str = "pose", video: bool = True,
     if model == "pose":
         return detect_poses(images, video=video, segmentation=True, callback=callback).masks
     solutions = import_mediapipe()
-    frames = _to_uint8_frames(images)
+    frames = to_uint8_frames(images)
     n, h, w = frames.shape[:3]
     masks = np.zeros((n, h, w), dtype=np.float32)
     with solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as selfie:

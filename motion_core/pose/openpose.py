@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from .images import to_uint8_frames
 from .keypoints import NUM_KEYPOINTS, check_person, select_person
 
 __all__ = [
@@ -202,26 +203,6 @@ def candidate_subset_to_keypoints(candidate, subset, person: str | int = "larges
 # detection
 # ----------------------------------------------------------------------------------------------
 
-def _to_uint8_frames(images) -> np.ndarray:
-    if isinstance(images, torch.Tensor):
-        arr = images.detach().to("cpu")
-        if arr.dtype == torch.uint8:
-            arr = arr.numpy()
-        else:
-            arr = (arr.float().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
-    else:
-        arr = np.asarray(images)
-        if arr.dtype != np.uint8:
-            arr = (np.clip(arr.astype(np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise InputError(f"images must be RGB frames shaped (frames, height, width, 3); got {tuple(arr.shape)}")
-    if arr.shape[0] == 0:
-        raise InputError("images has no frames")
-    return arr
-
-
 def _resize_for_detection(frame: np.ndarray, resolution: int | None) -> np.ndarray:
     """controlnet_aux's ``resize_image``: short side -> ``resolution``, both sides rounded to x64."""
     if not resolution:
@@ -265,7 +246,7 @@ def detect_keypoints(images, body_model, person: str | int = "largest", detect_r
         body.model = body_model.eval()
     else:
         raise InputError("body_model must be the OpenPose body network from load_body_model")
-    frames = _to_uint8_frames(images)
+    frames = to_uint8_frames(images)
     n, h, w = frames.shape[:3]
     out = np.zeros((n, NUM_KEYPOINTS, 3), dtype=np.float32)
     found = np.zeros(n, dtype=bool)
