@@ -180,8 +180,8 @@ class Enhancements:
     ghost_fill: str = "other_frames"
     renoise_ghost: bool = False  # measured: no gain (README, "Beyond the paper")
     grow: int = 0
-    feather: int = 1
-    target_mask: str = "keypoints"  # "keypoints": rough (about twice the person); "fitted": size fitted to the source mask
+    feather: int = 0  # measured: 1 (the earlier default) leaves a soft ring the metric counts as background
+    target_mask: str = "fitted"  # "keypoints": rough (about twice the person); "fitted": size fitted to the source mask
     fit_scale: float = 1.0  # "fitted": the fitted size times this
     mask_split_kv: bool = False  # first version: the source person's ghost tokens kept out of the injected K/V
     ghost_guidance: float = 0.0  # first version: away from the reconstruction's prediction on the ghost pixels left
@@ -270,24 +270,18 @@ def run_eym_v2(models, inputs, settings, progress=None, variant="eym_v2"):
 ENHANCEMENT_OPTIONS = {
     "keep_background": dataclasses.replace(ENHANCED, keep_background=False),
     "ghost_fill": dataclasses.replace(ENHANCED, ghost_fill="none"),
+    "fitted_mask": dataclasses.replace(ENHANCED, target_mask="keypoints"),
 }
 #: candidates measured and not shipped, and settings compared
 ENHANCEMENT_CANDIDATES = {
+    "eym_v1_enhanced_with_region_feather8": dataclasses.replace(ENHANCED, feather=1),
+    "eym_v1_enhanced_rough_region": dataclasses.replace(ENHANCED, target_mask="keypoints", feather=1),  # the earlier default
     "eym_v1_enhanced_with_renoise_ghost": dataclasses.replace(ENHANCED, renoise_ghost=True),
     "eym_v1_enhanced_grow1": dataclasses.replace(ENHANCED, grow=1),
-    "eym_v1_enhanced_fitted_mask": dataclasses.replace(ENHANCED, target_mask="fitted"),
-    "eym_v1_enhanced_fitted_mask_feather0": dataclasses.replace(ENHANCED, target_mask="fitted", feather=0),
-    "eym_v1_enhanced_mask_split_kv": dataclasses.replace(ENHANCED, mask_split_kv=True),
-    "eym_v1_enhanced_fitted_mask_feather0_scale1.3": dataclasses.replace(ENHANCED, target_mask="fitted", feather=0,
-                                                                          fit_scale=1.3),
-    "eym_v1_enhanced_fitted_mask_feather0_mask_split_kv": dataclasses.replace(ENHANCED, target_mask="fitted", feather=0,
-                                                                               mask_split_kv=True),
-    "eym_v1_enhanced_fitted_mask_feather0_ghost_guidance3": dataclasses.replace(ENHANCED, target_mask="fitted",
-                                                                                 feather=0, ghost_guidance=3.0),
-    "eym_v1_enhanced_ghost_guidance1": dataclasses.replace(ENHANCED, ghost_guidance=1.0),
-    "eym_v1_enhanced_ghost_guidance3": dataclasses.replace(ENHANCED, ghost_guidance=3.0),
-    "eym_v1_enhanced_control_boost2": dataclasses.replace(ENHANCED, control_boost=2.0, control_boost_until=0.5),
-    "eym_v1_enhanced_control2": dataclasses.replace(ENHANCED, control_boost=2.0, control_boost_until=1.0),
+    "eym_v1_enhanced_fit_scale1.3": dataclasses.replace(ENHANCED, fit_scale=1.3),
+    "eym_v1_enhanced_with_mask_split_kv": dataclasses.replace(ENHANCED, mask_split_kv=True),
+    "eym_v1_enhanced_with_ghost_guidance3": dataclasses.replace(ENHANCED, ghost_guidance=3.0),
+    "eym_v1_enhanced_with_control_boost2": dataclasses.replace(ENHANCED, control_boost=2.0, control_boost_until=0.5),
 }
 
 
