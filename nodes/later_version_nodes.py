@@ -119,7 +119,8 @@ class SingleBranchSampler:
 
     def run(self, video_model, inverted_latent, target_conditioning, reference_poses, steps, control_strength, guidance,
             negative=None, keep_background=False, source_mask=None, reference_keypoints=None, change_region=None,
-            region_grow=0, region_feather=8, ghost_fill="other_frames", renoise_ghost=False, seed=0):
+            region_grow=0, region_feather=0, ghost_fill="other_frames", renoise_ghost=False, seed=0,
+            target_mask="fitted", source_keypoints=None):
         progress = bridge.Progress(steps, "Edit-Your-Motion sampling (single branch)", prepare=1)  # from the first second
         handle = check_handle(video_model, "video_model")
         scale = handle.engine.latent_scale
@@ -134,7 +135,7 @@ class SingleBranchSampler:
         uncond = embedding(negative, "negative") if guidance > 1 else None
         ref = pose_hint(reference_poses, z_t, "reference_poses")
         keep = build_keeper(inverted_latent, z_t, keep_background, source_mask, reference_keypoints, change_region,
-                            region_grow, region_feather, ghost_fill, renoise_ghost, seed)
+                            region_grow, region_feather, ghost_fill, renoise_ghost, seed, target_mask, source_keypoints)
         need = ensure_fits("EYM Single-Branch Sampler", handle, "single_branch", z_t, guidance=guidance)
         progress.phase("moving the video model to the device")
         with activated(handle, memory_required=need) as model:

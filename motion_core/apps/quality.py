@@ -42,6 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default="quality_output", help="folder for the per-case grids and animations")
     p.add_argument("--weights", default=None, help="world base model file (default: the shipped one)")
     p.add_argument("--jobs", type=int, default=1, help="cases run in parallel processes (one torch thread each)")
+    p.add_argument("--case-list", default=None,
+                   help="comma-separated case indices to run instead of 0..cases-1 (e.g. 0,1)")
+    p.add_argument("--tuned-cache", default=None,
+                   help="folder that keeps each case's tuned weights between runs (per seed, case, frames, tuning "
+                        "steps and lr): a later run of sampling-only rows skips the tuning")
 
 
 def settings_from(args) -> P.Settings:
@@ -132,7 +137,8 @@ def pose_columns(inputs: P.CaseInputs) -> dict[str, torch.Tensor]:
 
 def _run_case(job) -> tuple[int, dict, dict]:
     """One case, all methods: (case index, {method: scores}, {method: seconds}); writes its grid."""
-    c, seed, methods, settings, frames, output, weights, threads, tick = job
+    c, seed, methods, settings, frames, output, weights, threads, tick, *rest = job
+    tuned_cache = rest[0] if rest else None
     if threads:
         torch.set_num_threads(threads)
     models = _models(weights)
@@ -141,6 +147,13 @@ def _run_case(job) -> tuple[int, dict, dict]:
     torch.manual_seed(seed * 100_003 + c)
     case = make_case(seed, c, frames)
     inputs = P.CaseInputs.build(case, models)
+    cache_file = None
+    if tuned_cache:
+        cache_file = Path(tuned_cache) / (f"seed{seed}_case{c}_frames{frames}_steps{settings.stage_steps}"
+                                          f"_lr{settings.learning_rate:g}.pt")
+        if cache_file.exists():
+            inputs.cache.update(torch.load(cache_file, map_location="cpu"))
+    cached = set(inputs.cache)
     columns = pose_columns(inputs)
     scores, seconds = {}, {}
     for name in methods:
@@ -151,6 +164,11 @@ def _run_case(job) -> tuple[int, dict, dict]:
         scores[name] = M.score(pred, inputs.truth(), inputs.truth_masks(), inputs.source_masks(), inputs.background(),
                                inputs.palette())
         columns[name] = pred
+    if cache_file is not None and set(inputs.cache) != cached:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f".{cache_file.name}.tmp")
+        torch.save(inputs.cache, tmp)
+        os.replace(tmp, cache_file)
     if output:
         out = Path(output)
         write_png(out / f"case_{c:02d}.png", case_grid(columns))
@@ -170,12 +188,15 @@ def _models(weights):
 
 def run_benchmark(cases: int = 8, seed: int = 0, methods: list[str] | None = None, settings: P.Settings | None = None,
                   frames: int = 8, output: str | os.PathLike | None = "quality_output", weights=None,
-                  progress: bool = True, jobs: int = 1, log=print) -> dict:
+                  progress: bool = True, jobs: int = 1, log=print, tuned_cache=None,
+                  case_indices: list[int] | None = None) -> dict:
     """Run ``methods`` on ``cases`` world cases; returns ``{"cases", "seed", "methods": {name: {metric:
     {"mean", "sd"}}}, "per_case", "seconds", "settings"}``. ``jobs > 1`` runs cases in that many
     processes (one torch thread each)."""
     methods = methods or list(DEFAULT_METHODS)
     settings = settings or P.Settings(seed=seed)
+    indices = list(range(cases)) if case_indices is None else [int(c) for c in case_indices]
+    cases = len(indices)
     if output:
         Path(output).mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
@@ -186,10 +207,10 @@ def run_benchmark(cases: int = 8, seed: int = 0, methods: list[str] | None = Non
         bar = tqdm(total=cases * len(methods), desc="quality (method runs)", file=sys.stderr, dynamic_ncols=True)
     results = {}
     if jobs <= 1:
-        for c in range(cases):
+        for k, c in enumerate(indices):
             if bar is not None:
-                bar.set_postfix_str(f"case {c + 1}/{cases}")
-            c, scores, secs = _run_case((c, seed, methods, settings, frames, output, weights, 0, None))
+                bar.set_postfix_str(f"case {k + 1}/{cases}")
+            c, scores, secs = _run_case((c, seed, methods, settings, frames, output, weights, 0, None, tuned_cache))
             results[c] = (scores, secs)
             if bar is not None:
                 bar.update(len(methods))
@@ -197,16 +218,16 @@ def run_benchmark(cases: int = 8, seed: int = 0, methods: list[str] | None = Non
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(jobs) as pool:
-            work = [(c, seed, methods, settings, frames, output, weights, 1, None) for c in range(cases)]
+            work = [(c, seed, methods, settings, frames, output, weights, 1, None, tuned_cache) for c in indices]
             for c, scores, secs in pool.imap_unordered(_run_case, work):
                 results[c] = (scores, secs)
                 if bar is not None:
                     bar.update(len(methods))
     if bar is not None:
         bar.close()
-    per_case = {m: [results[c][0][m] for c in range(cases)] for m in methods}
-    seconds = {m: round(sum(results[c][1][m] for c in range(cases)), 1) for m in methods}
-    return {"cases": cases, "seed": seed, "methods": summarise(per_case), "per_case": per_case,
+    per_case = {m: [results[c][0][m] for c in indices] for m in methods}
+    seconds = {m: round(sum(results[c][1][m] for c in indices), 1) for m in methods}
+    return {"cases": cases, "case_indices": indices, "seed": seed, "methods": summarise(per_case), "per_case": per_case,
             "seconds": round(time.perf_counter() - t_all, 1), "method_seconds": seconds,
             "settings": vars(settings), "frames": frames}
 
@@ -221,16 +242,17 @@ def run(args) -> int:
     print("Quality benchmark in the small world (a toy world with ground truth, NOT Stable Diffusion 1.5): "
           f"{args.cases} cases, seed {args.seed}, {len(methods)} methods, tuning {settings.stage_steps} steps/stage "
           f"at lr {settings.learning_rate:g}, {settings.ddim_steps} DDIM steps.", flush=True)
+    case_indices = None if not args.case_list else [int(c) for c in args.case_list.split(",") if c.strip()]
     result = run_benchmark(args.cases, args.seed, methods, settings, args.frames, args.output, args.weights,
-                           jobs=args.jobs)
-    print(markdown_table(result["methods"], args.cases))
+                           jobs=args.jobs, tuned_cache=args.tuned_cache, case_indices=case_indices)
+    print(markdown_table(result["methods"], result["cases"]))
     print(f"\nruntime: {result['seconds']:.0f} s on this machine ({args.jobs} process(es)); "
           f"grids in {args.output}/")
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        payload = {k: result[k] for k in ("cases", "seed", "methods", "seconds", "method_seconds", "settings", "frames")}
+        payload = {k: result[k] for k in ("cases", "case_indices", "seed", "methods", "seconds", "method_seconds", "settings", "frames")}
         payload["per_case"] = result["per_case"]
         tmp.write_text(json.dumps(payload, indent=1, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
         os.replace(tmp, path)

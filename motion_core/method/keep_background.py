@@ -115,7 +115,9 @@ class BackgroundKeeper:
     ``trajectory[N]`` ``z_T``); ``region`` ``(n, 1, h, w)`` float32, 1 = may change; ``source_frame``
     ``(n, 1, h, w)`` long: which frame's trajectory supplies each kept pixel (its own frame, or
     another frame for filled ghost pixels); ``renoise`` ``(n, 1, h, w)`` float32 or None: where
-    ``z_T`` is replaced by fresh noise; ``seed`` of that noise.
+    ``z_T`` is replaced by fresh noise; ``seed`` of that noise; ``ghost`` ``(n, 1, h, w)`` float32 or
+    None: the ghost pixels that stay in the change region (the samplers' ghost guidance and mask-split
+    injection act there).
     """
 
     trajectory: torch.Tensor
@@ -123,6 +125,8 @@ class BackgroundKeeper:
     source_frame: torch.Tensor | None = None
     renoise: torch.Tensor | None = None
     seed: int = 0
+    ghost: torch.Tensor | None = None  # (n, 1, h, w) float32: ghost pixels left in the change region (1), else 0
+    ghost_all: torch.Tensor | None = None  # (n, 1, h, w) bool: every ghost pixel (source person, not target), filled or not
 
     @property
     def num_steps(self) -> int:
@@ -141,7 +145,8 @@ class BackgroundKeeper:
     def to(self, device) -> "BackgroundKeeper":
         mv = (lambda t: None if t is None else t.to(device))
         return BackgroundKeeper(self.trajectory.to(device, torch.float32), self.region.to(device, torch.float32),
-                                mv(self.source_frame), mv(self.renoise), self.seed)
+                                mv(self.source_frame), mv(self.renoise), self.seed, mv(self.ghost),
+                                mv(self.ghost_all))
 
     def known(self, level: int) -> torch.Tensor:
         """The source's latent at inversion level ``level`` for every kept pixel ``(n, 4, h, w)``."""
@@ -208,6 +213,7 @@ def make_keeper(trajectory: torch.Tensor, source_masks: torch.Tensor | None = No
     src_g, tgt_g = dilate(src, grow), dilate(tgt, grow)
     free = src_g | tgt_g
     ghost = src_g & ~tgt_g
+    ghost_all = ghost if (source_masks is not None and target_masks is not None) else None
     if ghost_fill == "other_frames" or renoise_ghost:
         if source_masks is None or target_masks is None:
             raise InputError("ghost_fill and renoise_ghost need both the source person mask and the target person "
@@ -223,7 +229,8 @@ def make_keeper(trajectory: torch.Tensor, source_masks: torch.Tensor | None = No
     soft = feather(free, feather_radius)
     if renoise_ghost:
         renoise = (soft * ghost.float()).clamp(0, 1) if ghost.any() else None
-    return BackgroundKeeper(trajectory, soft, source_frame, renoise, seed)
+    ghost_left = ghost.float() if (source_masks is not None and target_masks is not None) else None
+    return BackgroundKeeper(trajectory, soft, source_frame, renoise, seed, ghost_left, ghost_all)
 
 
 def region_fraction(keeper: BackgroundKeeper) -> float:

@@ -51,6 +51,11 @@ class SamplerConfig:
     kv_injection: str = "concat"
     eta: float = 0.0
     seed: int = 0
+    # beyond the paper (README, "Beyond the paper"); the defaults are the paper's sampler
+    mask_split_kv: bool = False  # keep the reconstruction's ghost-region tokens out of the injected K/V
+    ghost_guidance: float = 0.0  # push the edit away from the reconstruction's prediction on the keeper's ghost pixels
+    control_boost: float = 1.0  # the editing branch's ControlNet strength x this in the early steps ...
+    control_boost_until: float = 0.0  # ... while step / steps < this
 
     def validate(self) -> None:
         if self.num_steps < 1:
@@ -70,6 +75,11 @@ class SamplerConfig:
             raise InputError(f"eta must be >= 0; got {self.eta}")
         if self.control_scale < 0:
             raise InputError(f"ControlNet strength must be >= 0; got {self.control_scale}")
+        if self.ghost_guidance < 0:
+            raise InputError(f"ghost guidance must be >= 0; got {self.ghost_guidance}")
+        if self.control_boost < 0 or not 0 <= self.control_boost_until <= 1:
+            raise InputError(f"control boost must be >= 0 and its end in 0..1; got boost={self.control_boost}, "
+                             f"until={self.control_boost_until}")
 
 
 @dataclass
@@ -129,7 +139,8 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
     r_scale = config.control_scale if (recon_poses is not None and config.recon_controlnet) else 0.0
     e_scale = config.control_scale if edit_poses is not None else 0.0
     scale = [r_scale] * (k * n) + [e_scale] * (k * n)  # host floats: no device sync per step
-    use_cn = model.controlnet is not None and any(x != 0 for x in scale)
+    boosted = [r_scale] * (k * n) + [e_scale * config.control_boost] * (k * n)
+    use_cn = model.controlnet is not None and any(x != 0 for x in scale + boosted)
 
     inject = {k + g: g for g in range(k)}
     plan = model.plan(n, 2 * k, inject, config.kv_injection)
@@ -140,6 +151,16 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
         keep.check(z_r, config.num_steps)
         keep = keep.to(device)
         z_e = keep.start(z_e)
+    if config.mask_split_kv:
+        if keep is None or keep.ghost_all is None:
+            raise InputError("mask-split injection needs keep_background with both the source person mask and the "
+                             "target person")
+        plan = plan.with_injection_excluded(keep.ghost_all[:, 0])
+    ghost = None
+    if config.ghost_guidance > 0:
+        if keep is None or keep.ghost is None:
+            raise InputError("ghost guidance needs keep_background with both the source person mask and the target person")
+        ghost = keep.ghost if bool(keep.ghost.any()) else None
     injected = []
     total = len(schedule.timesteps)
     for step, t in enumerate(schedule.timesteps.tolist()):
@@ -148,13 +169,16 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
         if parts:
             injected.append(step)
         x = torch.cat([z_r] * k + [z_e] * k)
-        eps = model.predict(x, t, emb, n, poses=hints if use_cn else None, control_scale=scale,
+        boost = config.control_boost != 1 and step / total < config.control_boost_until
+        eps = model.predict(x, t, emb, n, poses=hints if use_cn else None, control_scale=boosted if boost else scale,
                             plan=plan, inject_parts=parts).float()
         eps_r, eps_e = eps[: k * n], eps[k * n :]
         if cfg:
             g = config.guidance_scale
             eps_r = eps_r[:n] + g * (eps_r[n:] - eps_r[:n])
             eps_e = eps_e[:n] + g * (eps_e[n:] - eps_e[:n])
+        if ghost is not None:  # away from the reconstruction (the source person) where the ghost would be
+            eps_e = eps_e + config.ghost_guidance * ghost * (eps_e - eps_r)
         noise = None
         if config.eta > 0:
             noise = to_device(torch.randn(z_r.shape, generator=step_generator(config.seed, step)), device)

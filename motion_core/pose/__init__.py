@@ -12,11 +12,11 @@ from .keypoints import (  # joint indices
     L_ANKLE, L_EAR, L_ELBOW, L_EYE, L_HIP, L_KNEE, L_SHOULDER, L_WRIST, NECK, NOSE, R_ANKLE, R_EAR, R_ELBOW,
     R_EYE, R_HIP, R_KNEE, R_SHOULDER, R_WRIST,
 )
-from .masks import person_masks_from_keypoints
+from .masks import fit_mask_grow, person_masks_from_keypoints
 from .render import render_pose_images
 
 __all__ = [
     "KEYPOINT_NAMES", "LIMB_SEQUENCE", "COLORS", "NUM_KEYPOINTS", "as_keypoint_array", "present_mask",
     "check_person", "select_person", "render_pose_images", "to_pose_keypoint", "from_pose_keypoint",
-    "ANCHOR_MODES", "resize_keypoints", "alignment_parameters", "align_skeletons", "person_masks_from_keypoints",
+    "ANCHOR_MODES", "resize_keypoints", "alignment_parameters", "align_skeletons", "person_masks_from_keypoints", "fit_mask_grow",
 ]

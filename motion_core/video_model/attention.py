@@ -60,12 +60,16 @@ class RowGroup:
     """Rows ``[start, stop)`` of the batch attend to the K/V rows ``kv_rows`` (``(rows, m)``).
 
     ``block_bias`` (``(rows, m)`` or None) is added to the attention logits of each K/V block.
+    ``exclude_last`` (``(rows, h, w)`` bool at latent resolution, or None): tokens of the LAST K/V
+    block (the injected reconstruction frame) that the row may not attend to (mask-split injection,
+    beyond the paper); at each layer a token is excluded when at least half of its latent pixels are.
     """
 
     start: int
     stop: int
     kv_rows: torch.Tensor
     block_bias: torch.Tensor | None = None
+    exclude_last: torch.Tensor | None = None
 
 
 @dataclass
@@ -125,7 +129,26 @@ class AttentionPlan:
             grp.kv_rows = grp.kv_rows.to(device)
             if grp.block_bias is not None:
                 grp.block_bias = grp.block_bias.to(device)
+            if grp.exclude_last is not None:
+                grp.exclude_last = grp.exclude_last.to(device)
         return self
+
+    def with_injection_excluded(self, exclude: torch.Tensor) -> "AttentionPlan":
+        """A copy whose editing rows may not attend to the injected reconstruction tokens where
+        ``exclude`` ``(num_frames, h, w)`` (bool, latent resolution) is set: frame ``i``'s mask applies
+        to the reconstruction's frame ``i`` (mask-split injection; beyond the paper). Nothing excluded:
+        this plan itself (the paper's injection, bit for bit)."""
+        if not self.inject or not bool(exclude.any()):
+            return self
+        import copy
+
+        new = copy.copy(self)
+        edit = self.injected[-1]
+        rows = edit.stop - edit.start
+        ex = exclude.to(edit.kv_rows.device, torch.bool)
+        new.injected = self.injected[:-1] + [RowGroup(edit.start, edit.stop, edit.kv_rows, edit.block_bias,
+                                                      ex.repeat(rows // self.num_frames, 1, 1))]
+        return new
 
 
 def planned_attention(
@@ -161,6 +184,17 @@ def planned_attention(
         mask = None
         if grp.block_bias is not None:
             mask = grp.block_bias.to(query.dtype).repeat_interleave(key.shape[1], dim=1)[:, None, None, :]
+        if grp.exclude_last is not None:
+            tok = key.shape[1]
+            h, w = grp.exclude_last.shape[-2:]
+            f = int(round((h * w / tok) ** 0.5))
+            if f < 1 or (h // f) * (w // f) != tok:
+                raise RuntimeError(f"mask-split injection: {tok} tokens do not tile the {w}x{h} latent")
+            out_ex = F.adaptive_avg_pool2d(grp.exclude_last.float()[:, None], (h // f, w // f)).flatten(1) >= 0.5
+            last = torch.zeros(n_rows, tok, dtype=query.dtype, device=query.device).masked_fill(out_ex, float("-inf"))
+            blocks = torch.zeros(n_rows, (m - 1) * tok, dtype=query.dtype, device=query.device)
+            ex_bias = torch.cat([blocks, last], dim=1)[:, None, None, :]
+            mask = ex_bias if mask is None else mask + ex_bias
         q = query[grp.start : grp.stop]
         o = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
         outs.append(o.transpose(1, 2).reshape(n_rows, tokens, channels))

@@ -31,7 +31,7 @@ from ..method.frames import apply_background_mask
 from ..method.sampler import SamplerConfig, two_branch_sample
 from ..method.stages import tune_stage
 from ..method.tuner import TuneConfig
-from ..pose.masks import person_masks_from_keypoints
+from ..pose.masks import fit_mask_grow, person_masks_from_keypoints
 from . import vae
 from .model import WorldModels, pose_hints
 from .scene import POSE_SIZE, SKIN, EditCase
@@ -68,6 +68,7 @@ class CaseInputs:
     source_person: torch.Tensor  # (n, S, S) 0/1: the source person (what a segmentation node gives)
     target_person: torch.Tensor  # (n, S, S) 0/1: drawn from the aligned reference skeletons (as the nodes do)
     cache: dict = field(default_factory=dict)  # tuned states shared by sampling-only variants
+    cache_masks: dict = field(default_factory=dict)  # fitted target person masks
 
     @classmethod
     def build(cls, case: EditCase, models: WorldModels) -> "CaseInputs":
@@ -97,6 +98,18 @@ class CaseInputs:
 
     def background(self) -> torch.Tensor:
         return vae.downsample(self.case.source.scene.image[None])[0]
+
+    def fitted_target_person(self, scale: float = 1.0) -> torch.Tensor:
+        """The target person drawn tight: the aligned reference skeletons with the mask size (``grow``)
+        fitted to the source person's own mask and skeletons, times ``scale`` (as the nodes do with
+        ``target_mask=fitted``)."""
+        key = ("_fitted_target", scale)
+        if key not in self.cache_masks:
+            src = self.case.source
+            grow, _ = fit_mask_grow(src.keypoints, torch.from_numpy(src.masks).float())
+            self.cache_masks[key] = person_masks_from_keypoints(self.case.aligned_keypoints, POSE_SIZE, POSE_SIZE,
+                                                                grow=grow * scale)
+        return self.cache_masks[key]
 
     def palette(self) -> np.ndarray:
         p = self.case.source.person
@@ -167,7 +180,13 @@ class Enhancements:
     ghost_fill: str = "other_frames"
     renoise_ghost: bool = False  # measured: no gain (README, "Beyond the paper")
     grow: int = 0
-    feather: int = 1
+    feather: int = 0  # measured: 1 (the earlier default) leaves a soft ring the metric counts as background
+    target_mask: str = "fitted"  # "keypoints": rough (about twice the person); "fitted": size fitted to the source mask
+    fit_scale: float = 1.0  # "fitted": the fitted size times this
+    mask_split_kv: bool = False  # first version: the source person's ghost tokens kept out of the injected K/V
+    ghost_guidance: float = 0.0  # first version: away from the reconstruction's prediction on the ghost pixels left
+    control_boost: float = 1.0  # first version: editing branch's ControlNet x this while step / steps < control_boost_until
+    control_boost_until: float = 0.0
 
 
 ENHANCED = Enhancements()
@@ -179,7 +198,8 @@ def keeper_for(inputs: CaseInputs, trajectory: torch.Tensor, enh: Enhancements, 
     Without ``keep_background`` only the re-noising of the ghost (which needs no blending) remains."""
     if not (enh.keep_background or enh.renoise_ghost):
         return None
-    keeper = make_keeper(trajectory, inputs.source_person, inputs.target_person, grow=enh.grow,
+    target = inputs.fitted_target_person(enh.fit_scale) if enh.target_mask == "fitted" else inputs.target_person
+    keeper = make_keeper(trajectory, inputs.source_person, target, grow=enh.grow,
                          feather_radius=enh.feather, ghost_fill=enh.ghost_fill if enh.keep_background else "none",
                          renoise_ghost=enh.renoise_ghost, seed=seed)
     if not enh.keep_background:  # the plain sampler (region everywhere), started from the re-noised z_T
@@ -195,7 +215,9 @@ def run_eym_v1_enhanced(models, inputs, settings, progress=None, enh: Enhancemen
     """The first version (same tuned weights as ``eym_v1``) sampled with the options beyond the paper."""
     model = _tuned(models, inputs, settings, "v1_rc", "rc", _v1_full(inputs, settings, "rc"), progress)
     z_t, traj = _invert(model, inputs, settings)
-    cfg = SamplerConfig(num_steps=settings.ddim_steps)
+    cfg = SamplerConfig(num_steps=settings.ddim_steps, ghost_guidance=enh.ghost_guidance if enh.keep_background else 0.0,
+                        mask_split_kv=enh.mask_split_kv and enh.keep_background,
+                        control_boost=enh.control_boost, control_boost_until=enh.control_boost_until)
     return two_branch_sample(model, z_t, inputs.p_s, inputs.p_t, inputs.source_hints, inputs.reference_hints, cfg,
                              keep=keeper_for(inputs, traj, enh, settings.seed)).edited
 
@@ -248,11 +270,18 @@ def run_eym_v2(models, inputs, settings, progress=None, variant="eym_v2"):
 ENHANCEMENT_OPTIONS = {
     "keep_background": dataclasses.replace(ENHANCED, keep_background=False),
     "ghost_fill": dataclasses.replace(ENHANCED, ghost_fill="none"),
+    "fitted_mask": dataclasses.replace(ENHANCED, target_mask="keypoints"),
 }
 #: candidates measured and not shipped, and settings compared
 ENHANCEMENT_CANDIDATES = {
+    "eym_v1_enhanced_with_region_feather8": dataclasses.replace(ENHANCED, feather=1),
+    "eym_v1_enhanced_rough_region": dataclasses.replace(ENHANCED, target_mask="keypoints", feather=1),  # the earlier default
     "eym_v1_enhanced_with_renoise_ghost": dataclasses.replace(ENHANCED, renoise_ghost=True),
     "eym_v1_enhanced_grow1": dataclasses.replace(ENHANCED, grow=1),
+    "eym_v1_enhanced_fit_scale1.3": dataclasses.replace(ENHANCED, fit_scale=1.3),
+    "eym_v1_enhanced_with_mask_split_kv": dataclasses.replace(ENHANCED, mask_split_kv=True),
+    "eym_v1_enhanced_with_ghost_guidance3": dataclasses.replace(ENHANCED, ghost_guidance=3.0),
+    "eym_v1_enhanced_with_control_boost2": dataclasses.replace(ENHANCED, control_boost=2.0, control_boost_until=0.5),
 }
 
 

@@ -137,3 +137,47 @@ def test_balanced_injection_is_exact_only_for_frames_that_read_themselves(mode, 
     assert torch.all(diff[reads_itself] < 1e-8)  # the log(1/2) bias is a float32 number
     assert torch.all(diff[~reads_itself] > 1e-3)
     assert bool(reads_itself.all()) == exact
+
+
+@pytest.mark.parametrize("injection", A.INJECTION_MODES)
+def test_mask_split_injection_drops_exactly_the_excluded_tokens(injection):
+    """Mask-split injection (beyond the paper): edit frame i reads its own frames plus the
+    reconstruction's frame i WITHOUT the excluded tokens; the loop here simply leaves those keys out.
+    Nothing excluded: the same plan object, so the paper's injection bit for bit."""
+    heads, channels, n = 2, 8, 3
+    h, w = 4, 4  # latent grid; layers at 4x4 (16 tokens) and 2x2 (4 tokens)
+    groups, pairs = 2, {1: 0}
+    plan = A.AttentionPlan(n, "rc", groups, pairs, injection)
+    assert plan.with_injection_excluded(torch.zeros(n, h, w, dtype=torch.bool)) is plan
+    exclude = torch.zeros(n, h, w, dtype=torch.bool)
+    exclude[0, :, :2] = True  # frame 0: left half
+    exclude[2, 0, 0] = True  # frame 2: one latent pixel (a quarter of a 2x2 token: not excluded there)
+    split = plan.with_injection_excluded(exclude)
+    assert split is not plan and plan.injected[-1].exclude_last is None  # the cached plan is untouched
+    for tokens, side in ((16, 4), (4, 2)):
+        q, k, v = (torch.randn(groups * n, tokens, channels, dtype=torch.float64) for _ in range(3))
+        got = A.planned_attention(q, k, v, heads, split.injected, False)
+        pooled = torch.nn.functional.adaptive_avg_pool2d(exclude.double()[:, None], (side, side)).flatten(1) >= 0.5
+        for r in range(groups * n):
+            g, i = divmod(r, n)
+            own = [g * n + j for j in reference_kv_frames(i, n, "rc")]
+            kk = [k[j] for j in own]
+            vv = [v[j] for j in own]
+            logit_bias = [0.0] * len(own)
+            if g in pairs:
+                keep = ~pooled[i]
+                kk.append(k[pairs[g] * n + i][keep])
+                vv.append(v[pairs[g] * n + i][keep])
+                logit_bias.append(0.0)
+                if injection == "balanced":
+                    c = sum(j == i for j in reference_kv_frames(i, n, "rc"))
+                    share = math.log(c / (c + 1))
+                    logit_bias = [share if j == i else 0.0 for j in reference_kv_frames(i, n, "rc")] + [share]
+            d = channels // heads
+            for hd in range(heads):
+                sl = slice(hd * d, (hd + 1) * d)
+                s = torch.cat([q[r][:, sl] @ kb[:, sl].T / math.sqrt(d) + b for kb, b in zip(kk, logit_bias)], dim=1)
+                want = s.softmax(-1) @ torch.cat(vv)[:, sl]
+                torch.testing.assert_close(got[r][:, sl], want)
+        if tokens == 4:
+            assert not pooled[2].any() and pooled[0].tolist() == [True, False, True, False]

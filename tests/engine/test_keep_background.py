@@ -194,3 +194,124 @@ def test_bf16_storage_and_inference_mode_run_the_new_paths(setup):
     for edited in (out.edited, one):
         assert torch.isfinite(edited).all()
         assert torch.equal(edited[outside], s["x"][outside])
+
+
+# ----------------------------------------------------------------------------- ghost mechanisms (measured options)
+def _ghost_masks():
+    """Source person in latent column 1, target person in column 3: column 1 is the ghost."""
+    src = torch.zeros(3, 8, 8)
+    src[:, :, 1] = 1
+    tgt = torch.zeros(3, 8, 8)
+    tgt[:, :, 3] = 1
+    return src, tgt
+
+
+def _v1_cfg(s, keep, **cfg):
+    return two_branch_sample(s["v1"], s["z_v1"], s["ps"], s["pt"], s["src"], s["ref"],
+                             SamplerConfig(num_steps=STEPS, **cfg), keep=keep)
+
+
+def test_keeper_records_the_ghost_left_and_all_of_it(setup):
+    s = setup
+    src, tgt = _ghost_masks()
+    keep = KB.make_keeper(s["traj_v1"], source_masks=src, target_masks=tgt, grow=0, feather_radius=0)
+    assert torch.equal(keep.ghost[:, 0], src) and torch.equal(keep.ghost_all[:, 0], src.bool())
+    # every frame covers column 1: other_frames fills nothing, so the ghost stays in the region
+    filled = KB.make_keeper(s["traj_v1"], source_masks=src, target_masks=tgt, grow=0, feather_radius=0,
+                            ghost_fill="other_frames")
+    assert torch.equal(filled.ghost, keep.ghost)
+    moving = src.clone()
+    moving[1:] = 0  # frames 1-2 free column 1: frame 0's ghost is filled, so none is left, but it was a ghost
+    filled = KB.make_keeper(s["traj_v1"], source_masks=moving, target_masks=tgt, grow=0, feather_radius=0,
+                            ghost_fill="other_frames")
+    assert not filled.ghost.any() and torch.equal(filled.ghost_all[:, 0], moving.bool())
+
+
+@pytest.mark.parametrize("option", [dict(mask_split_kv=True), dict(ghost_guidance=2.0)])
+def test_ghost_options_without_a_ghost_equal_the_keeper_sampler(setup, option):
+    """Target person covering the source person: no ghost, so mask-split injection and ghost guidance
+    leave the two-branch sampler bit for bit as it was."""
+    s = setup
+    src, _ = _ghost_masks()
+    keep = KB.make_keeper(s["traj_v1"], source_masks=src, target_masks=src, grow=0, feather_radius=0)
+    assert not keep.ghost_all.any()
+    a, b = _v1_cfg(s, keep, **option), _v1_cfg(s, keep)
+    assert torch.equal(a.edited, b.edited) and torch.equal(a.reconstruction, b.reconstruction)
+
+
+@pytest.mark.parametrize("option", [dict(mask_split_kv=True), dict(ghost_guidance=2.0)])
+def test_ghost_options_act_only_inside_the_region(setup, option):
+    s = setup
+    src, tgt = _ghost_masks()
+    keep = KB.make_keeper(s["traj_v1"], source_masks=src, target_masks=tgt, grow=0, feather_radius=0)
+    a, b = _v1_cfg(s, keep, **option), _v1_cfg(s, keep)
+    assert torch.equal(a.reconstruction, b.reconstruction)  # the reconstruction branch is untouched
+    outside = keep.region.expand_as(a.edited) == 0
+    assert torch.equal(a.edited[outside], s["x"][outside])
+    assert (a.edited - b.edited).abs().max() > 1e-4
+
+
+def test_ghost_guidance_is_the_guidance_formula_on_one_step(setup):
+    """One DDIM step is linear in the noise prediction and both branches start from z_T, so inside the
+    region (exactly 1 here) the guided edit is edit + w * ghost * (edit - reconstruction) of the
+    unguided run: eps_e + w * (eps_e - eps_r) on the ghost pixels, eps_e elsewhere."""
+    s = setup
+    src, tgt = _ghost_masks()
+    traj = s["traj_v1"]
+    keep = KB.make_keeper(torch.stack([traj[0], traj[-1]]), source_masks=src, target_masks=tgt, grow=0,
+                          feather_radius=0)  # a one-step trajectory: the source, then z_T
+    w = 1.5
+
+    def run(**cfg):
+        return two_branch_sample(s["v1"], s["z_v1"], s["ps"], s["pt"], s["src"], s["ref"],
+                                 SamplerConfig(num_steps=1, **cfg), keep=keep)
+
+    got, plain = run(ghost_guidance=w).edited, run()
+    want = plain.edited + w * keep.ghost * (plain.edited - plain.reconstruction)
+    inside = keep.region.expand_as(got) > 0
+    assert torch.allclose(got[inside], want[inside], atol=1e-5, rtol=1e-5)
+    assert (got[inside] - plain.edited[inside]).abs().max() > 1e-3
+    assert torch.equal(got[~inside], plain.edited[~inside])
+
+
+def test_control_boost_known_answers(setup):
+    """boost 1 or an empty window: the plain sampler bit for bit; boost b over all steps with no
+    ControlNet on the reconstruction equals ControlNet strength b."""
+    s = setup
+
+    def run(poses_r, **cfg):
+        return two_branch_sample(s["v1"], s["z_v1"], s["ps"], s["pt"], poses_r, s["ref"],
+                                 SamplerConfig(num_steps=STEPS, **cfg))
+
+    base = run(s["src"])
+    for cfg in (dict(control_boost=1.0, control_boost_until=1.0), dict(control_boost=3.0, control_boost_until=0.0)):
+        assert torch.equal(run(s["src"], **cfg).edited, base.edited)
+    assert torch.equal(run(None, control_boost=2.0, control_boost_until=1.0).edited,
+                       run(None, control_scale=2.0).edited)
+    early = run(s["src"], control_boost=2.0, control_boost_until=0.5)
+    assert not torch.equal(early.edited, base.edited) and torch.equal(early.reconstruction, base.reconstruction)
+
+
+def test_bf16_storage_and_inference_mode_run_the_ghost_options(setup):
+    s = setup
+    model = tiny.build_motion_model()
+    model.to(torch.bfloat16)
+    src, tgt = _ghost_masks()
+    with torch.inference_mode():
+        z, traj = ddim_invert_trajectory(model, s["x"], s["ps"], s["src"], num_steps=2)
+        keep = KB.make_keeper(traj, source_masks=src, target_masks=tgt, grow=0, feather_radius=0)
+        out = two_branch_sample(model, z, s["ps"], s["pt"], s["src"], s["ref"],
+                                SamplerConfig(num_steps=2, mask_split_kv=True, ghost_guidance=1.0, control_boost=2.0,
+                                              control_boost_until=0.5), keep=keep)
+    outside = keep.region.expand_as(out.edited) == 0
+    assert torch.isfinite(out.edited).all() and torch.equal(out.edited[outside], s["x"][outside])
+
+
+def test_ghost_options_need_the_person_masks(setup):
+    s = setup
+    keep = KB.make_keeper(s["traj_v1"], region=torch.ones(3, 8, 8))
+    for option in (dict(mask_split_kv=True), dict(ghost_guidance=1.0)):
+        with pytest.raises(InputError, match="source person mask"):
+            _v1_cfg(s, keep, **option)
+    with pytest.raises(InputError, match="ghost guidance"):
+        SamplerConfig(ghost_guidance=-1).validate()

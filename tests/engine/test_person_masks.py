@@ -300,3 +300,39 @@ def test_person_mask_node_on_astronaut(mediapipe_solutions):
     # the pose node finds her with the same detector
     _, pk = pose_nodes.ExtractPoses().run(frame, "mediapipe")
     assert len(pk[0]["people"]) == 1
+
+
+# ------------------------------------------------------------------ the fitted (tight) target person
+
+def test_fit_mask_grow_recovers_the_size_a_mask_was_drawn_with():
+    """Known answer: masks drawn from a clip's skeletons at grow 0.5 are fitted back with IoU 1, to the
+    smallest tried grow that draws the same masks (sizes round to whole pixels); the same skeletons moved by whole pixels and drawn at the fitted size give the moved
+    masks exactly (the target person gets the source person's measured thickness); the default mask
+    is larger than the fitted one and contains it."""
+    clip = make_clip(num_frames=3, height=128, width=128)
+    kp = np.asarray(clip.keypoints, np.float64)
+    truth = K.person_masks_from_keypoints(kp, 128, 128, grow=0.5)
+    grow, iou = K.fit_mask_grow(kp, truth)
+    assert iou == 1.0 and 0.4 <= grow <= 0.5
+    assert torch.equal(K.person_masks_from_keypoints(kp, 128, 128, grow=grow), truth)
+    moved = kp.copy()
+    moved[..., 0] += 7
+    drawn = K.person_masks_from_keypoints(moved, 128, 128, grow=grow)
+    assert torch.equal(drawn[:, :, 7:], truth[:, :, :-7])
+    rough = K.person_masks_from_keypoints(kp, 128, 128)
+    assert rough.sum() > 1.5 * truth.sum() and bool((rough >= truth).all())
+
+
+def test_fit_mask_grow_skips_frames_without_keypoints_and_names_bad_inputs():
+    clip = make_clip(num_frames=2, height=64, width=64)
+    kp = np.asarray(clip.keypoints, np.float64).copy()
+    truth = K.person_masks_from_keypoints(kp, 64, 64, grow=0.8)
+    kp[1, :, 2] = 0  # frame 1: nobody
+    grow, iou = K.fit_mask_grow(kp, truth)
+    assert iou == 1.0 and 0.7 <= grow <= 0.8
+    assert torch.equal(K.person_masks_from_keypoints(kp[:1], 64, 64, grow=grow), truth[:1])
+    with pytest.raises(InputError, match="one per keypoint frame"):
+        K.fit_mask_grow(kp, truth[:1])
+    kp[0, :, 2] = 0
+    with pytest.raises(InputError, match="keypoints in at least one frame"):
+        K.fit_mask_grow(kp, truth)

@@ -673,6 +673,11 @@ def test_workflows_use_the_enhanced_settings_one_switch_from_the_papers(path):
     assert inputs["keep_background"] is True and inputs["ghost_fill"] == "other_frames" and inputs["renoise_ghost"] is False
     assert prompt[inputs["source_mask"][0]]["class_type"] == "EYM_PersonMask"
     assert prompt[inputs["reference_keypoints"][0]]["class_type"] == "EYM_AlignSkeleton" and inputs["reference_keypoints"][1] == 0
+    # the target person drawn at the size fitted to the source person (its keypoints against its mask), hard edge
+    assert inputs["target_mask"] == "fitted" and inputs["region_feather"] == 0
+    align = [n for n in prompt.values() if n["class_type"] == "EYM_AlignSkeleton"][0]
+    assert inputs["source_keypoints"] == align["inputs"]["source"]
+    assert prompt[inputs["source_keypoints"][0]]["class_type"] == "EYM_ExtractPoses"
     ui = _load(_file(path.name.replace("_api.json", ".json")))
     notes = " ".join(n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "MarkdownNote")
     assert "set `keep_background` to false on the sampler" in notes

@@ -133,3 +133,20 @@ def test_world_edit_writes_grid_animation_and_report(tmp_path):
     anim = Image.open(tmp_path / "world_edit.webp")
     assert getattr(anim, "n_frames", 1) == 3
     assert np.isfinite(report["metrics"]["eym_v1"]["psnr"])
+
+
+def test_quality_tuned_cache_and_case_list(tmp_path):
+    """--case-list runs only the named cases; --tuned-cache writes each case's tuned weights once, and a
+    second run that loads them scores exactly the same (tuning is skipped: the file is not rewritten)."""
+    cache = tmp_path / "tuned"
+    args = ["quality", "--cases", "8", "--case-list", "3", "--methods", "eym_v1_without_stage1", "--stage-steps", "1",
+            "--ddim-steps", "2", "--frames", "2", "--output", "", "--tuned-cache", str(cache)]
+    assert main(args + ["--json", str(tmp_path / "a.json")]) == 0
+    (saved,) = cache.glob("*.pt")
+    assert saved.name == "seed0_case3_frames2_steps1_lr0.0003.pt"
+    stamp = saved.stat().st_mtime_ns
+    assert main(args + ["--json", str(tmp_path / "b.json")]) == 0
+    assert saved.stat().st_mtime_ns == stamp
+    a, b = (json.loads((tmp_path / f"{x}.json").read_text()) for x in "ab")
+    assert a["case_indices"] == b["case_indices"] == [3] and a["cases"] == 1
+    assert a["per_case"] == b["per_case"]
