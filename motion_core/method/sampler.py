@@ -37,6 +37,7 @@ from ..method.ddim import ProgressCallback, check_inputs_finite, check_output_fi
 from ..errors import InputError, check_frame_counts, check_latent_size
 from ..seeding import step_generator
 from ..video_model.model import MotionModel, match_token_lengths, to_device
+from .windows import fused_prediction, window_batches
 
 
 @dataclass
@@ -88,7 +89,7 @@ def injection_active(step: int, num_steps: int, start: float, end: float) -> boo
 def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_embeddings: torch.Tensor,
                       edit_embeddings: torch.Tensor, recon_poses: torch.Tensor | None, edit_poses: torch.Tensor | None,
                       config: SamplerConfig | None = None, uncond_embeddings: torch.Tensor | None = None,
-                      callback: ProgressCallback | None = None, keep=None) -> SampleResult:
+                      callback: ProgressCallback | None = None, keep=None, context=None) -> SampleResult:
     """Sample the edited clip (and its reconstruction) from ``inverted_latents`` ``(n, 4, h, w)``.
 
     ``recon_embeddings`` / ``edit_embeddings``: ``(1, tokens, dim)`` for ``P_s`` / ``P_t``;
@@ -99,6 +100,10 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
     ``keep`` (beyond the paper): a :class:`~motion_core.method.keep_background.BackgroundKeeper`. After
     every step the editing branch takes the source's own inversion trajectory latent outside the
     change region (the reconstruction branch is unchanged); None is the paper's sampler.
+
+    ``context`` (beyond the paper): :class:`~motion_core.method.windows.ContextOptions`; each step
+    predicts both branches window by window and fuses them per frame (see
+    :mod:`~motion_core.method.windows`); the progress then counts windows. None: the whole clip.
     """
     config = config or SamplerConfig()
     config.validate()
@@ -137,6 +142,12 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
 
     inject = {k + g: g for g in range(k)}
     plan = model.plan(n, 2 * k, inject, config.kv_injection)
+    batches = window_batches(n, context, model.attention_mode)
+    windowed = len(batches) > 1
+    if windowed:
+        window_hints = [hints.view(2 * k, n, *hints.shape[1:]).index_select(1, b.index.to(device)).flatten(0, 1)
+                        for b in batches]
+        window_plans = [model.plan(len(b.frames), 2 * k, inject, config.kv_injection, b.frames, n) for b in batches]
     schedule = ddim_schedule(model.scheduler_config, config.num_steps)
     z_r = inverted_latents.to(device, torch.float32)
     z_e = z_r.clone()
@@ -146,14 +157,31 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
         z_e = keep.start(z_e)
     injected = []
     total = len(schedule.timesteps)
+    work = total * len(batches)
     for step, t in enumerate(schedule.timesteps.tolist()):
         active = injection_active(step, total, config.inject_start, config.inject_end)
         parts = tuple(config.inject_parts) if active else ()
         if parts:
             injected.append(step)
         x = torch.cat([z_r] * k + [z_e] * k)
-        eps = model.predict(x, t, emb, n, poses=hints if use_cn else None, control_scale=scale,
-                            plan=plan, inject_parts=parts).float()
+        if not windowed:
+            eps = model.predict(x, t, emb, n, poses=hints if use_cn else None, control_scale=scale,
+                                plan=plan, inject_parts=parts).float()
+        else:
+            def predict(i, b, x=x, t=t, parts=parts):
+                m = len(b.frames)
+                rows = b.index.to(device)
+                xb = x.view(2 * k, n, *x.shape[1:]).index_select(1, rows).flatten(0, 1)
+                eb = emb.view(2 * k, n, *emb.shape[1:])[:, :1].expand(-1, m, -1, -1).flatten(0, 1)
+                sb = [r_scale] * (k * m) + [e_scale] * (k * m)
+                return model.predict(xb, t, eb, m, poses=window_hints[i] if use_cn else None, control_scale=sb,
+                                     plan=window_plans[i], inject_parts=parts).float()
+
+            def after(i, step=step):
+                if callback is not None and i < len(batches) - 1:
+                    callback(step * len(batches) + i + 1, work)
+
+            eps = fused_prediction(n, batches, predict, x, after)
         eps_r, eps_e = eps[: k * n], eps[k * n :]
         if cfg:
             g = config.guidance_scale
@@ -168,6 +196,6 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
         if keep is not None:
             z_e = keep.blend(z_e, total - 1 - step)
         if callback is not None:
-            callback(step + 1, total)
+            callback((step + 1) * len(batches), work)
     check_output_finite(model, torch.stack([z_e, z_r]), "two-branch sampling")
     return SampleResult(z_e, z_r, injected)
