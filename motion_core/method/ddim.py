@@ -116,7 +116,7 @@ def _ddim_run(model: MotionModel, latents, text_embeddings, poses, num_steps, co
     emb = [text_embeddings] if groups == 1 else match_token_lengths(uncond_embeddings, text_embeddings)
     emb = torch.cat([e.to(device, torch.float32).expand(n, -1, -1) for e in emb])
     hint = None if poses is None else poses.to(device, torch.float32).repeat(groups, 1, 1, 1)
-    batches = window_batches(n, context, model.attention_mode)
+    batches = window_batches(n, context, model.attention_mode) if context is not None else [None]
     windowed = len(batches) > 1
     if windowed:
         poses_dev = None if poses is None else poses.to(device, torch.float32)

@@ -142,7 +142,7 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
 
     inject = {k + g: g for g in range(k)}
     plan = model.plan(n, 2 * k, inject, config.kv_injection)
-    batches = window_batches(n, context, model.attention_mode)
+    batches = window_batches(n, context, model.attention_mode) if context is not None else [None]
     windowed = len(batches) > 1
     if windowed:
         window_hints = [hints.view(2 * k, n, *hints.shape[1:]).index_select(1, b.index.to(device)).flatten(0, 1)
