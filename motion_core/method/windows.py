@@ -183,3 +183,18 @@ def tuning_window(num_frames: int, length: int, step: int, seed: int, shuffled: 
     if shuffled:
         return torch.as_tensor(permutation)[offset: offset + length].clone()
     return torch.arange(offset, offset + length)
+
+
+def calls_per_step(num_frames: int, options: ContextOptions | None) -> int:
+    """Model calls per inversion or sampling step (the progress units of one step)."""
+    return 1 if options is None else len(window_layout(num_frames, options))
+
+
+def frames_per_call(num_frames: int, options: ContextOptions | None, mode: str = "rc", tuning: bool = False) -> int:
+    """Frames in the batch of one model call: what sizes a step's activations (the memory estimate).
+    Tuning: the window; inversion and sampling: the largest window batch (window + outside K/V frames)."""
+    if options is None:
+        return num_frames
+    if tuning:
+        return options.window(num_frames)
+    return max(len(b.frames) for b in window_batches(num_frames, options, mode))
