@@ -160,16 +160,18 @@ def test_tuning_steps_see_the_drawn_window(clip, stage, method):
     predict = model.predict
 
     def spy(latents, t, emb, num_frames, **kw):
-        seen.append((latents.shape[0], num_frames, kw["pose_order"].tolist()))
+        assert kw["pose_order"] is None  # the window's own poses are given (the ControlNet embeds only those)
+        seen.append((latents.shape[0], num_frames, kw["poses"].clone()))
         return predict(latents, t, emb, num_frames, **kw)
 
     model.predict = spy
     cfg = TuneConfig(steps=3, seed=5, gradient_checkpointing=False, context=ContextOptions(4, 1))
     tune_stage(model, stage, clip["lat"], clip["ps"], clip["poses"], cfg)
     shuffled = method == "eym_v1" and stage == 1
-    for k, (rows, frames, order) in enumerate(seen):
+    assert len(seen) == 3
+    for k, (rows, frames, poses) in enumerate(seen):
         assert rows == 4 and frames == 4
-        assert order == tuning_window(12, 4, k, 5, shuffled).tolist()
+        assert torch.equal(poses, clip["poses"][tuning_window(12, 4, k, 5, shuffled)])
 
 
 # ---------------------------------------------------------------- W >= n: exactly as before (atol=0)

@@ -115,13 +115,13 @@ def _ddim_run(model: MotionModel, latents, text_embeddings, poses, num_steps, co
     groups = 1 if guidance == 1 else 2
     emb = [text_embeddings] if groups == 1 else match_token_lengths(uncond_embeddings, text_embeddings)
     emb = torch.cat([e.to(device, torch.float32).expand(n, -1, -1) for e in emb])
-    hint = None if poses is None else poses.to(device, torch.float32).repeat(groups, 1, 1, 1)
     batches = window_batches(n, context, model.attention_mode) if context is not None else [None]
     windowed = len(batches) > 1
-    if windowed:
+    if windowed:  # each window's hints are cut when it runs: no per-window copies of the clip's poses
         poses_dev = None if poses is None else poses.to(device, torch.float32)
-        window_hints = [None if poses_dev is None else poses_dev.index_select(0, b.index.to(device)).repeat(groups, 1, 1, 1)
-                        for b in batches]
+        hint = None
+    else:
+        hint = None if poses is None else poses.to(device, torch.float32).repeat(groups, 1, 1, 1)
     schedule = ddim_schedule(model.scheduler_config, num_steps)
     steps = schedule.timesteps.flip(0) if invert else schedule.timesteps
     z = latents.to(device, torch.float32)
@@ -142,7 +142,8 @@ def _ddim_run(model: MotionModel, latents, text_embeddings, poses, num_steps, co
                 xb = x.view(groups, n, *x.shape[1:]).index_select(1, b.index.to(device)).flatten(0, 1)
                 eb = emb.view(groups, n, *emb.shape[1:])[:, :1].expand(-1, m, -1, -1).flatten(0, 1)
                 plan = model.plan(m, groups, frames=b.frames, clip_length=n)
-                return model.predict(xb, t, eb, m, poses=window_hints[i], control_scale=control_scale, plan=plan).float()
+                hb = None if poses_dev is None else poses_dev.index_select(0, b.index.to(device)).repeat(groups, 1, 1, 1)
+                return model.predict(xb, t, eb, m, poses=hb, control_scale=control_scale, plan=plan).float()
 
             def after(i, k=k):
                 if callback is not None and i < len(batches) - 1:

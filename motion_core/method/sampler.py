@@ -129,10 +129,13 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
     emb = torch.cat([rows(e) for e in match_token_lengths(*recon_emb, *edit_emb)])
 
     hint_shape = (n, 3, inverted_latents.shape[-2] * 8, inverted_latents.shape[-1] * 8)
-    zeros = torch.zeros(hint_shape, device=device)
+    zeros = torch.zeros(hint_shape, device=device) if recon_poses is None or edit_poses is None else None
     r_hint = zeros if recon_poses is None else recon_poses.to(device, torch.float32)
     e_hint = zeros if edit_poses is None else edit_poses.to(device, torch.float32)
-    hints = torch.cat([r_hint] * k + [e_hint] * k)
+    batches = window_batches(n, context, model.attention_mode) if context is not None else [None]
+    windowed = len(batches) > 1
+    # with windows each window's hints are cut when it runs: no copies of the clip's poses per group
+    hints = None if windowed else torch.cat([r_hint] * k + [e_hint] * k)
     r_scale = config.control_scale if (recon_poses is not None and config.recon_controlnet) else 0.0
     e_scale = config.control_scale if edit_poses is not None else 0.0
     scale = [r_scale] * (k * n) + [e_scale] * (k * n)  # host floats: no device sync per step
@@ -142,11 +145,7 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
 
     inject = {k + g: g for g in range(k)}
     plan = model.plan(n, 2 * k, inject, config.kv_injection)
-    batches = window_batches(n, context, model.attention_mode) if context is not None else [None]
-    windowed = len(batches) > 1
     if windowed:
-        window_hints = [hints.view(2 * k, n, *hints.shape[1:]).index_select(1, b.index.to(device)).flatten(0, 1)
-                        for b in batches]
         window_plans = [model.plan(len(b.frames), 2 * k, inject, config.kv_injection, b.frames, n) for b in batches]
     schedule = ddim_schedule(model.scheduler_config, config.num_steps)
     z_r = inverted_latents.to(device, torch.float32)
@@ -174,7 +173,10 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
                 xb = x.view(2 * k, n, *x.shape[1:]).index_select(1, rows).flatten(0, 1)
                 eb = emb.view(2 * k, n, *emb.shape[1:])[:, :1].expand(-1, m, -1, -1).flatten(0, 1)
                 sb = [r_scale] * (k * m) + [e_scale] * (k * m)
-                return model.predict(xb, t, eb, m, poses=window_hints[i] if use_cn else None, control_scale=sb,
+                hb = None
+                if use_cn:
+                    hb = torch.cat([r_hint.index_select(0, rows)] * k + [e_hint.index_select(0, rows)] * k)
+                return model.predict(xb, t, eb, m, poses=hb, control_scale=sb,
                                      plan=window_plans[i], inject_parts=parts).float()
 
             def after(i, step=step):

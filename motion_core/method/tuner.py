@@ -333,15 +333,19 @@ def _train(model, recipe, names, latents, text_embeddings, poses, config, callba
             else:
                 order = torch.randperm(n, generator=gen) if shuffle == "per_step" else permutation
             z0 = latents
+            step_poses, pose_order = poses, order
             if order is not None:
                 order = to_device(order, device)
                 z0 = z0.index_select(0, order)
+                pose_order = order
+                if n < clip and poses is not None:  # a window: the ControlNet embeds the window's poses only
+                    step_poses, pose_order = poses.index_select(0, order), None
             t = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=gen)
             noise = to_device(torch.randn(z0.shape, generator=gen), device)
             t = to_device(t, device).expand(n)
             zt = scheduler.add_noise(z0, noise, t)
             with offload:  # activations saved for backward go to the host (lever activation_offload)
-                pred = model.predict(zt, t, text_embeddings, n, poses=poses, pose_order=order,
+                pred = model.predict(zt, t, text_embeddings, n, poses=step_poses, pose_order=pose_order,
                                      control_scale=config.control_scale, plan=plan)
             loss = recipe.loss(pred, noise, config)
             optimizer.zero_grad(set_to_none=True)
