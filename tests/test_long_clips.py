@@ -309,3 +309,37 @@ def test_clip_of_one_frame_with_a_context_is_refused(clip):
     with pytest.raises(InputError, match="at least 2 frames"):
         tune_stage(model, 1, clip["lat"][:1], clip["ps"], clip["poses"][:1],
                    TuneConfig(steps=1, context=ContextOptions()))
+
+
+@pytest.mark.parametrize("method", ["eym_v1", "eym_v2"])
+def test_one_call_edits_refuse_different_lengths_before_tuning(clip, method):
+    from edit_your_motion.motion_core.method.dpl import run_v1
+    from edit_your_motion.motion_core.method.eym_v2 import run_v2
+
+    model = tiny.build_motion_model(method=method)
+    calls = []
+    model.predict = lambda *a, **kw: calls.append(1)
+    c = clip
+    cfg = TuneConfig(steps=1, context=ContextOptions(4, 1))
+    with pytest.raises(InputError, match="reference_poses"):
+        if method == "eym_v1":
+            run_v1(model, c["lat"], c["lat"], c["poses"], c["ref"][:5], c["pc"], c["ps"], c["pt"], cfg, (1, 1))
+        else:
+            run_v2(model, c["lat"], c["lat"], c["poses"], c["ref"][:5], c["ps"], c["pt"], config=cfg, stage_steps=(1, 1))
+    assert calls == []  # nothing ran
+
+
+def test_one_call_edit_with_a_context_windows_every_phase(clip):
+    from edit_your_motion.motion_core.method.dpl import run_v1
+
+    model = _act(tiny.build_motion_model())
+    sizes = []
+    predict = model.predict
+    model.predict = lambda latents, *a, **kw: sizes.append(latents.shape[0]) or predict(latents, *a, **kw)
+    c = clip
+    res = run_v1(model, c["lat"], c["lat"], c["poses"], c["ref"], c["pc"], c["ps"], c["pt"],
+                 TuneConfig(steps=1, gradient_checkpointing=False, context=ContextOptions(4, 1)), (1, 1),
+                 SamplerConfig(num_steps=1))
+    assert res.edited.shape == c["lat"].shape
+    # 2 tuning steps of 4 frames; inversion: 4 windows of 4 + 1 frames; sampling: the same for 2 branches
+    assert sizes == [4, 4] + [5] * 4 + [10] * 4

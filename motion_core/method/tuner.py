@@ -228,7 +228,9 @@ def tune(model: MotionModel, recipe: StageRecipe, latents: torch.Tensor, text_em
     used with ``shuffle`` ``fixed`` or ``per_step`` (it replaces the per-step orders) and refused
     with ``none``; without it, ``fixed`` uses a seeded order; ``parameters``: UNet parameter names
     to train instead of the recipe's (e.g. every trainable tensor at once, for the later version's
-    "without STL" ablation).
+    "without STL" ablation). ``config.context`` (long clips): each step trains on a window of the
+    clip (:func:`~motion_core.method.windows.tuning_window`); a window at least the clip's length
+    changes nothing.
     """
     config = config or TuneConfig()
     config.validate()
