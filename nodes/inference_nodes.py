@@ -147,7 +147,8 @@ class DDIMInversion:
             raise InputError("guidance > 1 needs 'negative': connect a CLIP Text Encode with an empty prompt, or set guidance to 1")
         uncond = embedding(negative, "negative") if guidance > 1 else None
         window = latents[: frames_per_call(latents.shape[0], context, handle.attention_mode)]
-        need = ensure_fits("EYM DDIM Inversion", handle, "inversion", window, guidance=guidance)
+        need = ensure_fits("EYM DDIM Inversion", handle, "inversion", window, guidance=guidance,
+                           windowed=context is not None)
         progress.phase("moving the video model to the device")
         with activated(handle, memory_required=need) as model:
             z_t, trajectory = ddim_invert_trajectory(
@@ -235,7 +236,8 @@ class TwoBranchSampler:
         keep = build_keeper(inverted_latent, z_t, keep_background, source_mask, reference_keypoints, change_region,
                             region_grow, region_feather, ghost_fill, renoise_ghost, seed)
         window = z_t[: frames_per_call(z_t.shape[0], context, handle.attention_mode)]
-        need = ensure_fits("EYM Two-Branch Sampler", handle, "two_branch", window, guidance=guidance)
+        need = ensure_fits("EYM Two-Branch Sampler", handle, "two_branch", window, guidance=guidance,
+                           windowed=context is not None)
         progress.phase("moving the video model to the device")
         with activated(handle, memory_required=need) as model:
             result = two_branch_sample(model, z_t, recon_emb, edit_emb, src, ref, config, uncond_embeddings=uncond,

@@ -142,7 +142,8 @@ class SingleBranchSampler:
         keep = build_keeper(inverted_latent, z_t, keep_background, source_mask, reference_keypoints, change_region,
                             region_grow, region_feather, ghost_fill, renoise_ghost, seed)
         window = z_t[: frames_per_call(z_t.shape[0], context, handle.attention_mode)]
-        need = ensure_fits("EYM Single-Branch Sampler", handle, "single_branch", window, guidance=guidance)
+        need = ensure_fits("EYM Single-Branch Sampler", handle, "single_branch", window, guidance=guidance,
+                           windowed=context is not None)
         progress.phase("moving the video model to the device")
         with activated(handle, memory_required=need) as model:
             edited = single_branch_sample(model, z_t, emb, ref, num_steps=steps, control_scale=control_strength,

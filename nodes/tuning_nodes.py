@@ -88,7 +88,7 @@ def _tune(stage: int, video_model, latent, conditioning, poses, cond_name: str, 
     bridge.unload_other_models()
     ensure_fits(node or f"Edit-Your-Motion stage {stage}", handle, f"stage{stage}", step_latents,
                 gradient_checkpointing=config.gradient_checkpointing, optimizer=config.optimizer,
-                activation_offload=config.activation_offload)
+                activation_offload=config.activation_offload, windowed=config.context is not None)
     progress.phase("moving the video model to the device")
     with activated(handle, trains=True) as model:
         progress.phase("building the optimiser and running the first step")

@@ -141,3 +141,17 @@ def test_bad_context_inputs_are_refused_by_name(data):
         inference_nodes.TwoBranchSampler().run(handle, z, data["ps"], data["pt"], data["src"].poses,
                                                data["ref"].poses[:3], 1, 1.0, 1.0, 0, 0.0, 0.0, 1.0, "down+mid+up",
                                                "concat", True, context=ctx(2, 1))
+
+
+def test_memory_check_speaks_of_the_window(data, monkeypatch):
+    """With a context the memory check sizes one model call (the window and its RC neighbour) and says so."""
+    handle = model_nodes.LoadVideoModel().run(data["unet"], data["cn"], "rc", "auto")[0]
+    seen = []
+    monkeypatch.setattr(bridge, "free_memory", lambda required, device: seen.append(required) or 1000)
+    with pytest.raises(InputError, match="one context window of 3 frames"):
+        inference_nodes.DDIMInversion().run(handle, latent(data["src"].frames), data["ps"], data["src"].poses, 2, True,
+                                            1.0, 1.0, context=ctx(2, 1))
+    with pytest.raises(InputError, match=r"This job \(4 frames"):
+        inference_nodes.DDIMInversion().run(handle, latent(data["src"].frames), data["ps"], data["src"].poses, 2, True,
+                                            1.0, 1.0)
+    assert seen[0] < seen[1]  # one window of 3 frames needs less than the whole clip of 4
