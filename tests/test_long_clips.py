@@ -343,3 +343,15 @@ def test_one_call_edit_with_a_context_windows_every_phase(clip):
     assert res.edited.shape == c["lat"].shape
     # 2 tuning steps of 4 frames; inversion: 4 windows of 4 + 1 frames; sampling: the same for 2 branches
     assert sizes == [4, 4] + [5] * 4 + [10] * 4
+
+
+def test_pyramid_and_linear_coincide_where_windows_overlap_by_the_overlap():
+    """Where neighbouring windows share exactly O <= W / 2 frames, the normalised pyramid is a linear
+    ramp across the overlap (W 8, O 2: 2/3 and 1/3), so both fusions give the same weights (measured in
+    the world: the same edits bit for bit at 32 frames); they differ where the last window, flush with
+    the clip's end, overlaps more, or with O > W / 2."""
+    same = lambda n, o: all(torch.equal(x.weights, y.weights) for x, y in zip(
+        window_layout(n, ContextOptions(8, o, "pyramid")), window_layout(n, ContextOptions(8, o, "linear"))))
+    assert same(32, 2) and same(20, 2) and same(32, 4)
+    assert not same(22, 2)  # windows at 0, 6, 12, 14: the last two share 6 frames
+    assert not same(32, 6)
