@@ -60,7 +60,9 @@ class ContextOptionsNode:
                 "fuse": (list(FUSE_MODES), {
                     "default": "pyramid",
                     "tooltip": "How a frame's predictions from overlapping windows are weighted. pyramid: highest at a "
-                               "window's centre (AnimateDiff-Evolved's); linear: full weight inside, ramping across the overlap.",
+                               "window's centre (AnimateDiff-Evolved's); linear: full weight inside, ramping across the overlap. "
+                               "With an overlap of at most half the window the two give the same weights (except where "
+                               "the last window overlaps more).",
                 }),
             }
         }
