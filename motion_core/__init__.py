@@ -26,6 +26,7 @@ from .method.stages import stage_parameter_names, stage_recipe, tune_stage
 from .method.stl import tune_stl_stage1, tune_stl_stage2, tune_without_stl
 from .method.single_branch import repeat_to_frames, single_branch_sample
 from .method.eym_v2 import V2_VARIANTS, build_v2_model, run_v2, tune_v2
+from .method.windows import ContextOptions
 from .video_model.attention import ATTENTION_MODES
 from .video_model.model import METHODS, MotionModel
 from .video_model.weights import load_tuned_weights, read_tuned_weights, save_tuned_weights
@@ -36,5 +37,5 @@ __all__ = [
     "poses_to_condition", "save_tuned_weights", "load_tuned_weights", "read_tuned_weights",
     "METHODS", "tune_stl_stage1", "tune_stl_stage2", "tune_without_stl", "single_branch_sample", "repeat_to_frames",
     "V2_VARIANTS", "build_v2_model", "run_v2", "tune_v2", "StageRecipe", "tune", "run_v1", "stage_recipe",
-    "stage_parameter_names",
+    "stage_parameter_names", "ContextOptions",
 ]

@@ -9,7 +9,8 @@ from . import comfy_bridge
 
 log = logging.getLogger("edit_your_motion")
 
-AREAS = ("model_nodes", "pose_nodes", "mask_nodes", "frame_nodes", "tuning_nodes", "inference_nodes", "later_version_nodes")
+AREAS = ("model_nodes", "pose_nodes", "mask_nodes", "frame_nodes", "tuning_nodes", "inference_nodes", "later_version_nodes",
+         "context_nodes")
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

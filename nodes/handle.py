@@ -25,6 +25,7 @@ log = logging.getLogger("edit_your_motion")
 
 MODEL_TYPE = "EYM_MODEL"
 PERMUTATION_TYPE = "EYM_PERMUTATION"
+CONTEXT_TYPE = "EYM_CONTEXT"
 CATEGORY = "Edit-Your-Motion"
 
 

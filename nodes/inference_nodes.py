@@ -14,6 +14,7 @@ from ..motion_core.pose.masks import fit_mask_grow, person_masks_from_keypoints
 from ..motion_core.method.sampler import SamplerConfig, two_branch_sample
 from . import comfy_bridge as bridge
 from .handle import CATEGORY, MODEL_TYPE, activated, check_handle, embedding, latents_in, latents_out, pose_hint
+from .context_nodes import calls_per_step, context_in, context_input, frames_per_call
 from .memory_guard import ensure_fits
 
 log = logging.getLogger("edit_your_motion")
@@ -164,25 +165,29 @@ class DDIMInversion:
                 "control_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": "ControlNet strength during inversion."}),
                 "guidance": guidance_input(),
             },
-            "optional": {"negative": negative_input()},
+            "optional": {"negative": negative_input(), **context_input()},
         }
 
     def run(self, video_model, latent, source_conditioning, source_poses, steps, use_controlnet, control_strength,
-            guidance, negative=None):
-        progress = bridge.Progress(steps, "Edit-Your-Motion inversion", prepare=1)  # shown from the first second
+            guidance, negative=None, context=None):
+        context = context_in(context)
         handle = check_handle(video_model, "video_model")
         scale = handle.engine.latent_scale
         latents = latents_in(latent, scale, "latent")
+        calls = calls_per_step(latents.shape[0], context)  # refuses a bad context or a 1-frame clip with one
+        progress = bridge.Progress(steps * calls, "Edit-Your-Motion inversion", prepare=1)  # shown from the first second
         emb = embedding(source_conditioning, "source_conditioning")
         hint = pose_hint(source_poses, latents, "source_poses") if use_controlnet else None
         check_guidance(guidance, negative, "negative")
         uncond = embedding(negative, "negative") if guidance > 1 else None
-        need = ensure_fits("EYM DDIM Inversion", handle, "inversion", latents, guidance=guidance)
+        window = latents[: frames_per_call(latents.shape[0], context, handle.attention_mode)]
+        need = ensure_fits("EYM DDIM Inversion", handle, "inversion", window, guidance=guidance,
+                           windowed=context is not None)
         progress.phase("moving the video model to the device")
         with activated(handle, memory_required=need) as model:
             z_t, trajectory = ddim_invert_trajectory(
                 model, latents, emb, hint, num_steps=steps, control_scale=control_strength, guidance=guidance,
-                uncond_embeddings=uncond, callback=lambda s, t: progress.step())
+                uncond_embeddings=uncond, callback=lambda s, t: progress.step(), context=context)
         # the latent at every noise level (scaled, as the engine uses it), for the samplers' keep_background
         info = {"steps": steps, "frames": latents.shape[0], "trajectory": trajectory.to(bridge.intermediate_device())}
         return (latents_out(z_t, scale, **{INVERSION_KEY: info}),)
@@ -228,18 +233,20 @@ class TwoBranchSampler:
                 }),
                 "reconstruction_controlnet": ("BOOLEAN", {"default": True, "tooltip": "Give the reconstruction branch the source-pose ControlNet (default, matching the inversion). Off: as MotionEditor."}),
             },
-            "optional": {"negative": negative_input(), **keep_background_inputs()},
+            "optional": {"negative": negative_input(), **keep_background_inputs(), **context_input()},
         }
 
     def run(self, video_model, inverted_latent, source_conditioning, target_conditioning, source_poses, reference_poses,
             steps, control_strength, guidance, seed, eta, inject_start, inject_end, inject_layers, kv_injection,
             reconstruction_controlnet, negative=None, keep_background=False, source_mask=None,
             reference_keypoints=None, change_region=None, region_grow=0, region_feather=0, ghost_fill="other_frames",
-            renoise_ghost=False, target_mask="fitted", source_keypoints=None):
-        progress = bridge.Progress(steps, "Edit-Your-Motion sampling", prepare=1)  # shown from the first second
+            renoise_ghost=False, target_mask="fitted", source_keypoints=None, context=None):
+        context = context_in(context)
         handle = check_handle(video_model, "video_model")
         scale = handle.engine.latent_scale
         z_t = latents_in(inverted_latent, scale, "inverted_latent")
+        calls = calls_per_step(z_t.shape[0], context)  # refuses a bad context or a 1-frame clip with one
+        progress = bridge.Progress(steps * calls, "Edit-Your-Motion sampling", prepare=1)  # shown from the first second
         info = inverted_latent.get(INVERSION_KEY)
         if info is None:
             log.warning("inverted_latent does not come from EYM DDIM Inversion; the edit will not keep the source content")
@@ -261,11 +268,13 @@ class TwoBranchSampler:
         ref = pose_hint(reference_poses, z_t, "reference_poses")
         keep = build_keeper(inverted_latent, z_t, keep_background, source_mask, reference_keypoints, change_region,
                             region_grow, region_feather, ghost_fill, renoise_ghost, seed, target_mask, source_keypoints)
-        need = ensure_fits("EYM Two-Branch Sampler", handle, "two_branch", z_t, guidance=guidance)
+        window = z_t[: frames_per_call(z_t.shape[0], context, handle.attention_mode)]
+        need = ensure_fits("EYM Two-Branch Sampler", handle, "two_branch", window, guidance=guidance,
+                           windowed=context is not None)
         progress.phase("moving the video model to the device")
         with activated(handle, memory_required=need) as model:
             result = two_branch_sample(model, z_t, recon_emb, edit_emb, src, ref, config, uncond_embeddings=uncond,
-                                       callback=lambda s, t: progress.step(), keep=keep)
+                                       callback=lambda s, t: progress.step(), keep=keep, context=context)
         return (latents_out(result.edited, scale), latents_out(result.reconstruction, scale))
 
 

@@ -12,6 +12,7 @@ from . import comfy_bridge as bridge
 from .handle import CATEGORY, MODEL_TYPE, activated, check_handle, embedding, latents_in, latents_out, pose_hint
 from .inference_nodes import (INVERSION_KEY, guidance_input, negative_input, steps_input, build_keeper,
                               keep_background_inputs)
+from .context_nodes import calls_per_step, context_in, context_input, frames_per_call
 from .memory_guard import ensure_fits
 from .tuning_nodes import tuning_inputs, run_tuning_node, memory_inputs
 
@@ -19,10 +20,10 @@ log = logging.getLogger("edit_your_motion")
 
 
 def _stl_config(steps, learning_rate, seed, precision, gradient_checkpointing, control_strength, optimizer,
-                activation_offload) -> TuneConfig:
+                activation_offload, context=None) -> TuneConfig:
     return TuneConfig(steps=steps, learning_rate=learning_rate, seed=seed, precision=precision,
                       gradient_checkpointing=gradient_checkpointing, shuffle="none", control_scale=control_strength,
-                      optimizer=optimizer, activation_offload=activation_offload)
+                      optimizer=optimizer, activation_offload=activation_offload, context=context)
 
 
 class STLStage1:
@@ -45,12 +46,13 @@ class STLStage1:
             "source_poses": ("IMAGE", {"tooltip": "Pose images of the source video, one per frame (EYM Extract Poses)."}),
         }
         required.update(tuning_inputs("Optimisation steps (paper: 300, its best setting in Table V)."))
-        return {"required": required, "optional": memory_inputs()}
+        return {"required": required, "optional": {**memory_inputs(), **context_input()}}
 
     def run(self, video_model, masked_latent, source_conditioning, source_poses, steps, learning_rate, seed,
-            precision, gradient_checkpointing, control_strength, optimizer="adamw", activation_offload=False):
+            precision, gradient_checkpointing, control_strength, optimizer="adamw", activation_offload=False,
+            context=None):
         config = _stl_config(steps, learning_rate, seed, precision, gradient_checkpointing, control_strength,
-                             optimizer, activation_offload)
+                             optimizer, activation_offload, context)
         return run_tuning_node(1, video_model, masked_latent, source_conditioning, source_poses, "source_conditioning",
                      "masked_latent", config, method="eym_v2", node="EYM STL Stage 1")
 
@@ -75,12 +77,12 @@ class STLStage2:
             "source_poses": ("IMAGE", {"tooltip": "Pose images of the source video, one per frame."}),
         }
         required.update(tuning_inputs("Optimisation steps (paper: 300)."))
-        return {"required": required, "optional": memory_inputs()}
+        return {"required": required, "optional": {**memory_inputs(), **context_input()}}
 
     def run(self, video_model, latent, source_conditioning, source_poses, steps, learning_rate, seed, precision,
-            gradient_checkpointing, control_strength, optimizer="adamw", activation_offload=False):
+            gradient_checkpointing, control_strength, optimizer="adamw", activation_offload=False, context=None):
         config = _stl_config(steps, learning_rate, seed, precision, gradient_checkpointing, control_strength,
-                             optimizer, activation_offload)
+                             optimizer, activation_offload, context)
         return run_tuning_node(2, video_model, latent, source_conditioning, source_poses, "source_conditioning", "latent",
                      config, method="eym_v2", node="EYM STL Stage 2")
 
@@ -114,17 +116,20 @@ class SingleBranchSampler:
                 "negative": negative_input(),
                 **keep_background_inputs(),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": "fixed", "tooltip": "Seed of the fresh noise of renoise_ghost."}),
+                **context_input(),
             },
         }
 
     def run(self, video_model, inverted_latent, target_conditioning, reference_poses, steps, control_strength, guidance,
             negative=None, keep_background=False, source_mask=None, reference_keypoints=None, change_region=None,
             region_grow=0, region_feather=0, ghost_fill="other_frames", renoise_ghost=False, seed=0,
-            target_mask="fitted", source_keypoints=None):
-        progress = bridge.Progress(steps, "Edit-Your-Motion sampling (single branch)", prepare=1)  # from the first second
+            target_mask="fitted", source_keypoints=None, context=None):
+        context = context_in(context)
         handle = check_handle(video_model, "video_model")
         scale = handle.engine.latent_scale
         z_t = latents_in(inverted_latent, scale, "inverted_latent")
+        calls = calls_per_step(z_t.shape[0], context)  # refuses a bad context or a 1-frame clip with one
+        progress = bridge.Progress(steps * calls, "Edit-Your-Motion sampling (single branch)", prepare=1)
         info = inverted_latent.get(INVERSION_KEY)
         if info is None:
             log.warning("inverted_latent does not come from EYM DDIM Inversion; the edit will not keep the source content")
@@ -136,12 +141,14 @@ class SingleBranchSampler:
         ref = pose_hint(reference_poses, z_t, "reference_poses")
         keep = build_keeper(inverted_latent, z_t, keep_background, source_mask, reference_keypoints, change_region,
                             region_grow, region_feather, ghost_fill, renoise_ghost, seed, target_mask, source_keypoints)
-        need = ensure_fits("EYM Single-Branch Sampler", handle, "single_branch", z_t, guidance=guidance)
+        window = z_t[: frames_per_call(z_t.shape[0], context, handle.attention_mode)]
+        need = ensure_fits("EYM Single-Branch Sampler", handle, "single_branch", window, guidance=guidance,
+                           windowed=context is not None)
         progress.phase("moving the video model to the device")
         with activated(handle, memory_required=need) as model:
             edited = single_branch_sample(model, z_t, emb, ref, num_steps=steps, control_scale=control_strength,
                                           guidance=guidance, uncond_embeddings=uncond,
-                                          callback=lambda s, t: progress.step(), keep=keep)
+                                          callback=lambda s, t: progress.step(), keep=keep, context=context)
         return (latents_out(edited, scale),)
 
 

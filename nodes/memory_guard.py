@@ -66,9 +66,12 @@ TUNING_LEVERS = {
 }
 
 
-def ensure_fits(node: str, handle, phase: str, latents: torch.Tensor, guidance: float = 1.0, **levers) -> int:
+def ensure_fits(node: str, handle, phase: str, latents: torch.Tensor, guidance: float = 1.0, windowed: bool = False,
+                **levers) -> int:
     """Make room for ``phase`` on the compute device and return the bytes it needs beyond the
     weights (for ``memory_required`` when loading); raise InputError at once when it cannot fit.
+    ``windowed`` (long clips): ``latents`` are the frames of one model call (a window), and the
+    message speaks of the context window rather than the clip.
 
     Nothing has changed when it raises: the engine was not loaded, no weight written, no file made.
     """
@@ -96,7 +99,8 @@ def ensure_fits(node: str, handle, phase: str, latents: torch.Tensor, guidance: 
             continue
         other = estimate_for(handle, phase, latents[:frames], device, guidance=guidance, **levers)
         if _needed(other, device, model) <= free:
-            fits.append(f"{frames} frames instead of {n} ({other.peak_gb:.1f} GB)")
+            fits.append(f"{'a context window of about ' if windowed else ''}{frames} frames instead of {n} "
+                        f"({other.peak_gb:.1f} GB)")
             break
     hint = ("; these would fit: " + ", ".join(fits)) if fits else \
         "; none of the levers alone makes it fit here: use fewer frames or a lower resolution"
@@ -104,7 +108,8 @@ def ensure_fits(node: str, handle, phase: str, latents: torch.Tensor, guidance: 
         hint += "; guidance 1 halves the batch"
     h, w = latents.shape[-2] * 8, latents.shape[-1] * 8
     raise InputError(
-        f"{node}: not enough memory on {device}. This job ({n} frames at {w}x{h}) needs about "
+        f"{node}: not enough memory on {device}. This job ({'one context window of ' if windowed else ''}{n} frames "
+        f"at {w}x{h}) needs about "
         f"{needed / memory.GB:.1f} GB free (estimated peak {est.peak_gb:.1f} GB of tensors, weights "
         f"{est.weights_bytes / memory.GB:.1f} GB included), but only {free / memory.GB:.1f} GB are free after "
         f"ComfyUI unloaded what it could{hint}. Nothing was changed: no step ran and no file was written."

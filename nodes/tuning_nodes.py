@@ -8,6 +8,7 @@ from ..motion_core.errors import InputError
 from ..motion_core.method.stages import tune_stage
 from ..motion_core.method.tuner import OPTIMIZERS, SHUFFLE_MODES, TuneConfig, bitsandbytes_adamw8bit
 from . import comfy_bridge as bridge
+from .context_nodes import context_in, context_input, frames_per_call
 from .memory_guard import ensure_fits
 from .handle import (
     CATEGORY, MODEL_TYPE, PERMUTATION_TYPE, activated, check_handle, embedding, latents_in, pose_hint,
@@ -79,13 +80,17 @@ def run_tuning_node(stage: int, video_model, latent, conditioning, poses, cond_n
     emb = embedding(conditioning, cond_name)
     hint = pose_hint(poses, latents, "source_poses")
     config.start_step = handle.steps.get(stage, 0)  # continuing a tuned model draws fresh randomness
+    config.context = context_in(config.context)
+    # a step holds one window (long clips): the memory check is for the window's frames (a bad context, or a
+    # 1-frame clip with one, is refused here, before anything is unloaded)
+    step_latents = latents[: frames_per_call(latents.shape[0], config.context, tuning=True)]
     if config.optimizer == "adamw8bit":
         bitsandbytes_adamw8bit()  # not installed: say so before anything is unloaded
     progress.phase("freeing the device (unloading ComfyUI's other models)")
     bridge.unload_other_models()
-    ensure_fits(node or f"Edit-Your-Motion stage {stage}", handle, f"stage{stage}", latents,
+    ensure_fits(node or f"Edit-Your-Motion stage {stage}", handle, f"stage{stage}", step_latents,
                 gradient_checkpointing=config.gradient_checkpointing, optimizer=config.optimizer,
-                activation_offload=config.activation_offload)
+                activation_offload=config.activation_offload, windowed=config.context is not None)
     progress.phase("moving the video model to the device")
     with activated(handle, trains=True) as model:
         progress.phase("building the optimiser and running the first step")
@@ -124,15 +129,16 @@ class TuneStage1:
         })
         return {"required": required, "optional": {
             **memory_inputs(),
+            **context_input(),
             "permutation": (PERMUTATION_TYPE, {"tooltip": "A frame order from EYM Shuffle Frames: stage 1 then trains on this fixed order (shuffle per_step or fixed; refused with none). It must order exactly this clip's frames."}),
         }}
 
     def run(self, video_model, masked_latent, content_conditioning, source_poses, steps, learning_rate, seed,
             precision, gradient_checkpointing, control_strength, shuffle, permutation=None, optimizer="adamw",
-            activation_offload=False):
+            activation_offload=False, context=None):
         config = TuneConfig(steps=steps, learning_rate=learning_rate, seed=seed, precision=precision,
                             gradient_checkpointing=gradient_checkpointing, shuffle=shuffle, control_scale=control_strength,
-                            optimizer=optimizer, activation_offload=activation_offload)
+                            optimizer=optimizer, activation_offload=activation_offload, context=context)
         return run_tuning_node(1, video_model, masked_latent, content_conditioning, source_poses, "content_conditioning",
                      "masked_latent", config, permutation, node="EYM Stage 1 Tuning")
 
@@ -161,14 +167,15 @@ class TuneStage2:
             "default": 0.9, "min": 0.0, "max": 1.0, "step": 0.01,
             "tooltip": "lambda in (1 - lambda) * L_noise + lambda * L_rec (paper: 0.9). Lower values smooth the motion more.",
         })
-        return {"required": required, "optional": memory_inputs()}
+        return {"required": required, "optional": {**memory_inputs(), **context_input()}}
 
     def run(self, video_model, latent, source_conditioning, source_poses, steps, learning_rate, seed, precision,
             gradient_checkpointing, control_strength, noise_constraint_lambda, optimizer="adamw",
-            activation_offload=False):
+            activation_offload=False, context=None):
         config = TuneConfig(steps=steps, learning_rate=learning_rate, seed=seed, precision=precision,
                             gradient_checkpointing=gradient_checkpointing, lam=noise_constraint_lambda,
-                            control_scale=control_strength, optimizer=optimizer, activation_offload=activation_offload)
+                            control_scale=control_strength, optimizer=optimizer, activation_offload=activation_offload,
+                            context=context)
         return run_tuning_node(2, video_model, latent, source_conditioning, source_poses, "source_conditioning", "latent", config,
                      node="EYM Stage 2 Tuning")
 

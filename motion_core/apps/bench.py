@@ -56,6 +56,7 @@ from ..errors import InputError
 from ..precision import dtype_of
 from ..video_model.attention import kv_frame_indices
 from ..method.ddim import ddim_invert
+from ..method.windows import ContextOptions, calls_per_step
 from ..method.sampler import SamplerConfig, two_branch_sample
 from ..method.single_branch import single_branch_sample
 from ..testing.tiny import build_motion_model, build_unet
@@ -264,20 +265,23 @@ def measure(args, method: str = "eym_v1") -> dict:
     n = args.frames
     ckpt = not args.no_checkpointing
     phases = {}
+    window = getattr(args, "window", 0)
+    context = ContextOptions(window, getattr(args, "overlap", 2)) if window else None  # long clips
 
     def tune(stage, steps):
         return lambda: tune_stage(model, stage, d["latents"], d["emb"], d["poses"],
-                                  TuneConfig(steps=steps, precision=precision, gradient_checkpointing=ckpt))
+                                  TuneConfig(steps=steps, precision=precision, gradient_checkpointing=ckpt,
+                                             context=context))
 
     def invert(steps):
-        return lambda: ddim_invert(model, d["latents"], d["emb"], d["poses"], num_steps=steps)
+        return lambda: ddim_invert(model, d["latents"], d["emb"], d["poses"], num_steps=steps, context=context)
 
     def sample(steps, z=None):
         z = d["latents"] if z is None else z
         if method == "eym_v2":
-            return lambda: single_branch_sample(model, z, d["emb2"], d["ref"], num_steps=steps)
+            return lambda: single_branch_sample(model, z, d["emb2"], d["ref"], num_steps=steps, context=context)
         return lambda: two_branch_sample(model, z, d["emb"], d["emb2"], d["poses"], d["ref"],
-                                         SamplerConfig(num_steps=steps))
+                                         SamplerConfig(num_steps=steps), context=context)
 
     plan = {"stage1_step": (tune, 1, args.stage1_steps), "stage2_step": (tune, 2, args.stage2_steps),
             "inversion_step": (invert, None, args.ddim_steps), "sampling_step": (sample, None, args.ddim_steps)}
@@ -303,6 +307,8 @@ def measure(args, method: str = "eym_v1") -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "size": args.size, "frames": n, "resolution": args.resolution, "precision": precision,
         "gradient_checkpointing": ckpt, "phases": phases, "projected_job_seconds": projected,
+        "window": window or None, "overlap": context.overlap if context else None,
+        "model_calls_per_ddim_step": calls_per_step(n, context),
         "memory_method": PhaseMemory(device).method,
         "job_tflop": sum(p["tflop"] * p["job_steps"] for p in phases.values()),
     }
@@ -313,7 +319,7 @@ def measure(args, method: str = "eym_v1") -> dict:
             t = time.perf_counter()
             tune(1, args.stage1_steps)()
             tune(2, args.stage2_steps)()
-            z = ddim_invert(model, d["latents"], d["emb"], d["poses"], num_steps=args.ddim_steps)
+            z = ddim_invert(model, d["latents"], d["emb"], d["poses"], num_steps=args.ddim_steps, context=context)
             sample(args.ddim_steps, z)()
             _sync(device)
             entry["seconds"] = time.perf_counter() - t
@@ -496,6 +502,8 @@ def check_arguments(args) -> None:
         args.resolution = 512 if estimating else 64
     if args.frames < 1:
         raise InputError(f"--frames must be >= 1; got {args.frames}")
+    if getattr(args, "window", 0):
+        ContextOptions(args.window, getattr(args, "overlap", 2)).window(args.frames)  # refuses bad windows and 1 frame
     if args.resolution < 8 or args.resolution % 8:
         raise InputError(f"--resolution must be a positive multiple of 8; got {args.resolution}")
     if args.steps < 1 or args.rounds < 1:
@@ -509,7 +517,9 @@ def _gb(x) -> str:
 def _print_method(res: dict, args) -> None:
     print(f"Edit-Your-Motion benchmark ({res['method']}) on {res['device']}: {res['size']} model, {res['frames']} frames at "
           f"{res['resolution']}x{res['resolution']}, {res['precision']}, gradient checkpointing "
-          f"{'on' if res['gradient_checkpointing'] else 'off'}")
+          f"{'on' if res['gradient_checkpointing'] else 'off'}"
+          + (f", windows of {res['window']} frames overlapping by {res['overlap']} ({res['model_calls_per_ddim_step']} "
+             "model calls per inversion/sampling step)" if res.get("window") else ""))
     print(f"memory: each phase's own growth ({res['memory_method']})")
     print(f"{'phase':<16}{'s/step':>10}{'TFLOP/step':>12}{'TFLOP/s':>10}{'+GB':>10}{'job steps':>11}")
     for name, p in res["phases"].items():

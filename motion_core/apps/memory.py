@@ -300,6 +300,15 @@ class Job:
     guidance: float = 1.0
     block: int = CUDA_BLOCK  # allocator granularity (1 to count exact bytes)
     inputs_on_device: bool = False  # inputs made on the device (as on the CPU) instead of copied from the host
+    window: int = 0  # long clips: frames per tuning step and sampling window (0: the whole clip at once)
+    overlap: int = 2  # long clips: frames shared by neighbouring sampling windows
+
+    @property
+    def context(self):
+        """The job's :class:`~motion_core.method.windows.ContextOptions` (None without a window)."""
+        from ..method.windows import ContextOptions
+
+        return ContextOptions(self.window, self.overlap) if self.window else None
 
     def check(self) -> None:
         if self.method not in ("eym_v1", "eym_v2"):
@@ -313,6 +322,8 @@ class Job:
             raise InputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
         if self.rollback not in ROLLBACKS:
             raise InputError(f"rollback must be one of {', '.join(ROLLBACKS)}; got {self.rollback!r}")
+        if self.window:
+            self.context.validate()
 
     @property
     def precision(self) -> str:
@@ -365,21 +376,22 @@ def _phase_runner(job: Job, model, d: dict, phase: str) -> Callable[[], object]:
     if phase in ("stage1", "stage2"):
         # two steps: the second runs with the optimizer's state allocated
         cfg = TuneConfig(steps=2, precision=job.precision, gradient_checkpointing=job.gradient_checkpointing,
-                         optimizer=job.optimizer, rollback=job.rollback, activation_offload=job.activation_offload)
+                         optimizer=job.optimizer, rollback=job.rollback, activation_offload=job.activation_offload,
+                         context=job.context)
         return lambda: tune_stage(model, int(phase[-1]), d["latents"], d["emb"], d["poses"], cfg)
     uncond = d["emb2"] if job.guidance > 1 else None
     if phase == "inversion":
         return lambda: ddim_invert(model, d["latents"], d["emb"], d["poses"], num_steps=2, guidance=job.guidance,
-                                   uncond_embeddings=uncond)
+                                   uncond_embeddings=uncond, context=job.context)
     if phase == "sampling":  # the method's sampler
         phase = "single_branch" if job.method == "eym_v2" else "two_branch"
     if phase in ("single_branch", "two_branch"):
         if phase == "single_branch":
             return lambda: single_branch_sample(model, d["latents"], d["emb2"], d["ref"], num_steps=2,
-                                                guidance=job.guidance, uncond_embeddings=uncond)
+                                                guidance=job.guidance, uncond_embeddings=uncond, context=job.context)
         return lambda: two_branch_sample(model, d["latents"], d["emb"], d["emb2"], d["poses"], d["ref"],
                                          SamplerConfig(num_steps=2, guidance_scale=job.guidance),
-                                         uncond_embeddings=uncond)
+                                         uncond_embeddings=uncond, context=job.context)
     raise InputError(f"phase must be one of {', '.join(PHASES + SAMPLERS)}; got {phase!r}")
 
 
@@ -504,6 +516,10 @@ def add_arguments(p) -> None:
                    help="where tuning keeps the copy that undoes a failed stage (device = the old behaviour)")
     p.add_argument("--activation-offload", action="store_true",
                    help="keep activations saved for the backward pass on the host (torch save_on_cpu)")
+    p.add_argument("--window", type=int, default=0,
+                   help="long clips: frames per tuning step and per inversion/sampling window (0: the whole clip at "
+                        "once); with --estimate-memory, estimates a clip of --frames frames of any length")
+    p.add_argument("--overlap", type=int, default=2, help="long clips: frames shared by neighbouring sampling windows")
     p.add_argument("--table", action="store_true",
                    help="with --estimate-memory: the README table (both methods, 8/16/24/48 frames x 512/768, "
                         "with and without each lever); takes minutes")
@@ -513,7 +529,8 @@ def job_from_args(args, method: str) -> Job:
     dtype = dtype_of("bf16" if args.precision == "auto" else args.precision)  # auto: what a GPU stores
     return Job(method=method, frames=args.frames, resolution=args.resolution, size=args.size,
                gradient_checkpointing=not args.no_checkpointing, optimizer=args.optimizer, rollback=args.rollback,
-               activation_offload=args.activation_offload, weight_dtype=dtype)
+               activation_offload=args.activation_offload, weight_dtype=dtype, window=getattr(args, "window", 0),
+               overlap=getattr(args, "overlap", 2))
 
 
 def _band(peak: int) -> str:
@@ -525,14 +542,15 @@ def print_estimate(job: Job, result: dict[str, PhaseEstimate]) -> None:
     print(f"Memory estimate ({job.method}): {job.size} model, {job.frames} frames at {job.resolution}x{job.resolution}, "
           f"{job.precision} weights, checkpointing {'on' if job.gradient_checkpointing else 'off'}, optimizer "
           f"{job.optimizer}, rollback copy on the {job.rollback}, activation offload "
-          f"{'on' if job.activation_offload else 'off'}")
+          f"{'on' if job.activation_offload else 'off'}"
+          + (f", windows of {job.window} frames overlapping by {job.overlap}" if job.window else ""))
     print(f"{'phase':<12}{'weights GB':>12}{'peak live GB':>14}{'device total GB':>18}")
     for name, e in result.items():
         print(f"{name:<12}{e.weights_bytes / GB:>12.2f}{e.peak_gb:>14.2f}{_band(e.peak_bytes):>18}")
     worst = max(result.values(), key=lambda e: e.peak_bytes)
     print(f"job peak: {worst.peak_gb:.2f} GB of live tensors in {worst.phase}; device total {_band(worst.peak_bytes)} GB "
           f"(+{OVERHEAD[0]:.0%}-{OVERHEAD[1]:.0%} workspaces and fragmentation, +{CONTEXT_GB} GB CUDA context)")
-    print("(a GPU estimate from data-less tensors, not a measurement; long-clip windows are not available yet)")
+    print("(a GPU estimate from data-less tensors, not a measurement)")
 
 
 PEAK_STAGE = {"eym_v1": "stage1", "eym_v2": "stage2"}

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InputError
+from ..method.windows import DEFAULT_LENGTH, DEFAULT_OVERLAP, FUSE_MODES, ContextOptions
 from ..world import metrics as M
 from .media import write_animation, write_png
 from ..world import pipeline as P
@@ -37,7 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="reduced steps (30 + 30 tuning, 10 DDIM): a smoke run")
     p.add_argument("--stage-steps", type=int, default=None, help="tuning steps per stage (default 100; quick 30)")
     p.add_argument("--ddim-steps", type=int, default=None, help="inversion and sampling steps (default 25; quick 10)")
-    p.add_argument("--frames", type=int, default=8, help="frames per clip")
+    p.add_argument("--frames", type=int, default=8, help="frames per clip (more than --window: the long-clip path)")
+    p.add_argument("--window", type=int, default=DEFAULT_LENGTH,
+                   help="long clips: frames per tuning step and per sampling window (default 8, the paper's clip)")
+    p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="long clips: frames shared by sampling windows")
+    p.add_argument("--fuse", default="pyramid", choices=FUSE_MODES, help="long clips: how overlapping windows are fused")
     p.add_argument("--json", default=None, help="write the results as JSON here")
     p.add_argument("--output", default="quality_output", help="folder for the per-case grids and animations")
     p.add_argument("--weights", default=None, help="world base model file (default: the shipped one)")
@@ -59,6 +65,13 @@ def settings_from(args) -> P.Settings:
         s.ddim_steps = args.ddim_steps
     if s.stage_steps < 1 or s.ddim_steps < 1:
         raise SystemExit("--stage-steps and --ddim-steps must be >= 1")
+    window = getattr(args, "window", DEFAULT_LENGTH)
+    overlap = getattr(args, "overlap", DEFAULT_OVERLAP)
+    s.context = ContextOptions(window, overlap, getattr(args, "fuse", "pyramid"))
+    try:
+        s.context.validate()
+    except InputError as exc:
+        raise SystemExit(f"--window/--overlap: {exc}") from None
     return s
 
 
@@ -95,7 +108,8 @@ def markdown_table(summary: dict, cases: int) -> str:
         cells = [f"{row[m]['mean']:.3f} ± {row[m]['sd']:.3f}" if m in ("ssim", "pose_error", "appearance_error", "ghost_error")
                  else f"{row[m]['mean']:.2f} ± {row[m]['sd']:.2f}" for m in M.METRICS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append(f"\nmean ± sd over {cases} cases; psnr/background_psnr in dB, flicker in 8-bit levels.")
+    lines.append(f"\nmean ± sd over {cases} cases; psnr/background_psnr in dB, flicker and seam_flicker in 8-bit levels "
+                 "(seam_flicker: only the frame pairs across a sampling window's border; nan with one window).")
     return "\n".join(lines)
 
 
@@ -146,6 +160,8 @@ def _run_case(job) -> tuple[int, dict, dict]:
     # (the engine's own seeds make tuning and sampling deterministic; this covers anything else).
     torch.manual_seed(seed * 100_003 + c)
     case = make_case(seed, c, frames)
+    # long clips: the sampling windows' borders, where seam_flicker looks
+    borders = settings.context.borders(frames) if settings.context is not None else None
     inputs = P.CaseInputs.build(case, models)
     cache_file = None
     if tuned_cache:
@@ -162,7 +178,7 @@ def _run_case(job) -> tuple[int, dict, dict]:
         seconds[name] = time.perf_counter() - t0
         pred = vae.decode(edited)
         scores[name] = M.score(pred, inputs.truth(), inputs.truth_masks(), inputs.source_masks(), inputs.background(),
-                               inputs.palette())
+                               inputs.palette(), borders)
         columns[name] = pred
     if cache_file is not None and set(inputs.cache) != cached:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +245,7 @@ def run_benchmark(cases: int = 8, seed: int = 0, methods: list[str] | None = Non
     seconds = {m: round(sum(results[c][1][m] for c in indices), 1) for m in methods}
     return {"cases": cases, "case_indices": indices, "seed": seed, "methods": summarise(per_case), "per_case": per_case,
             "seconds": round(time.perf_counter() - t_all, 1), "method_seconds": seconds,
-            "settings": vars(settings), "frames": frames}
+            "settings": settings.as_dict(), "frames": frames}
 
 
 def run(args) -> int:

@@ -18,6 +18,7 @@ from diffusers import DDIMScheduler
 from ..errors import (InputError, ModelError, check_frame_counts, check_guidance, check_inputs_finite, check_latent_size,
                       check_poses, nonfinite_tensors)
 from ..video_model.model import MotionModel, match_token_lengths
+from .windows import fused_prediction, window_batches
 
 #: ``callback(step, total_steps)`` after every step; raise inside it to cancel.
 ProgressCallback = Callable[[int, int], None]
@@ -90,11 +91,14 @@ def check_output_finite(model: MotionModel, result: torch.Tensor, what: str) -> 
 
 @torch.no_grad()
 def _ddim_run(model: MotionModel, latents, text_embeddings, poses, num_steps, control_scale, guidance,
-              uncond_embeddings, callback, invert: bool, trajectory: list | None = None, keep=None) -> torch.Tensor:
+              uncond_embeddings, callback, invert: bool, trajectory: list | None = None, keep=None,
+              context=None) -> torch.Tensor:
     """The shared loop: inversion walks the timesteps upwards (level prev(t) -> t), sampling
     downwards (t -> prev(t)), both with eps evaluated at label t. ``trajectory`` (a list) receives the
     latent at every level, the start included. ``keep`` (sampling only): a
-    :class:`~motion_core.method.keep_background.BackgroundKeeper` blended in after every step."""
+    :class:`~motion_core.method.keep_background.BackgroundKeeper` blended in after every step.
+    ``context``: :class:`~motion_core.method.windows.ContextOptions` (None: the whole clip at once);
+    with windows, each step predicts window by window and the progress counts windows."""
     check_latent_size("latents", latents, model.unet.config.in_channels)
     n = check_frame_counts(latents=latents, poses=poses)
     if poses is not None:
@@ -106,7 +110,13 @@ def _ddim_run(model: MotionModel, latents, text_embeddings, poses, num_steps, co
     groups = 1 if guidance == 1 else 2
     emb = [text_embeddings] if groups == 1 else match_token_lengths(uncond_embeddings, text_embeddings)
     emb = torch.cat([e.to(device, torch.float32).expand(n, -1, -1) for e in emb])
-    hint = None if poses is None else poses.to(device, torch.float32).repeat(groups, 1, 1, 1)
+    batches = window_batches(n, context, model.attention_mode) if context is not None else [None]
+    windowed = len(batches) > 1
+    if windowed:  # each window's hints are cut when it runs: no per-window copies of the clip's poses
+        poses_dev = None if poses is None else poses.to(device, torch.float32)
+        hint = None
+    else:
+        hint = None if poses is None else poses.to(device, torch.float32).repeat(groups, 1, 1, 1)
     schedule = ddim_schedule(model.scheduler_config, num_steps)
     steps = schedule.timesteps.flip(0) if invert else schedule.timesteps
     z = latents.to(device, torch.float32)
@@ -116,9 +126,25 @@ def _ddim_run(model: MotionModel, latents, text_embeddings, poses, num_steps, co
         z = keep.start(z)
     if trajectory is not None:
         trajectory.append(z.clone())
+    total = len(steps) * len(batches)
     for k, t in enumerate(steps.tolist()):
         x = z if groups == 1 else torch.cat([z, z])
-        eps = guided(model.predict(x, t, emb, n, poses=hint, control_scale=control_scale).float(), groups, guidance)
+        if not windowed:
+            eps = guided(model.predict(x, t, emb, n, poses=hint, control_scale=control_scale).float(), groups, guidance)
+        else:
+            def predict(i, b):
+                m = len(b.frames)
+                xb = x.view(groups, n, *x.shape[1:]).index_select(1, b.index.to(device)).flatten(0, 1)
+                eb = emb.view(groups, n, *emb.shape[1:])[:, :1].expand(-1, m, -1, -1).flatten(0, 1)
+                plan = model.plan(m, groups, frames=b.frames, clip_length=n)
+                hb = None if poses_dev is None else poses_dev.index_select(0, b.index.to(device)).repeat(groups, 1, 1, 1)
+                return model.predict(xb, t, eb, m, poses=hb, control_scale=control_scale, plan=plan).float()
+
+            def after(i, k=k):
+                if callback is not None and i < len(batches) - 1:
+                    callback(k * len(batches) + i + 1, total)
+
+            eps = guided(fused_prediction(n, batches, predict, x, after), groups, guidance)
         a_t, a_prev = schedule.alpha(t), schedule.alpha_prev(t)
         z = ddim_step(z, eps, a_prev, a_t) if invert else ddim_step(z, eps, a_t, a_prev)
         if keep is not None:
@@ -126,7 +152,7 @@ def _ddim_run(model: MotionModel, latents, text_embeddings, poses, num_steps, co
         if trajectory is not None:
             trajectory.append(z.clone())
         if callback is not None:
-            callback(k + 1, len(steps))
+            callback((k + 1) * len(batches), total)
     check_output_finite(model, z, "DDIM inversion" if invert else "DDIM sampling")
     return z
 
@@ -134,20 +160,20 @@ def _ddim_run(model: MotionModel, latents, text_embeddings, poses, num_steps, co
 def ddim_invert(model: MotionModel, latents: torch.Tensor, text_embeddings: torch.Tensor,
                 poses: torch.Tensor | None = None, num_steps: int = 50, control_scale: float = 1.0,
                 guidance: float = 1.0, uncond_embeddings: torch.Tensor | None = None,
-                callback: ProgressCallback | None = None) -> torch.Tensor:
+                callback: ProgressCallback | None = None, context=None) -> torch.Tensor:
     """DDIM-invert clean scaled latents ``(n, 4, h, w)`` to ``z_T`` with the (tuned) model.
 
     Defaults follow the paper: source prompt, source-skeleton ControlNet (pass ``poses=None`` to
     invert without it, as MotionEditor does), no classifier-free guidance.
     """
     return _ddim_run(model, latents, text_embeddings, poses, num_steps, control_scale, guidance,
-                     uncond_embeddings, callback, invert=True)
+                     uncond_embeddings, callback, invert=True, context=context)
 
 
 def ddim_invert_trajectory(model: MotionModel, latents: torch.Tensor, text_embeddings: torch.Tensor,
                            poses: torch.Tensor | None = None, num_steps: int = 50, control_scale: float = 1.0,
                            guidance: float = 1.0, uncond_embeddings: torch.Tensor | None = None,
-                           callback: ProgressCallback | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                           callback: ProgressCallback | None = None, context=None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`ddim_invert` that also returns the latent at every noise level it passed:
     ``(z_T, trajectory)`` with ``trajectory`` ``(num_steps + 1, n, 4, h, w)`` float32 on the model's
     device, ``trajectory[0]`` the input latents, ``trajectory[k]`` the latent after inversion step ``k``
@@ -155,15 +181,15 @@ def ddim_invert_trajectory(model: MotionModel, latents: torch.Tensor, text_embed
     ``trajectory[num_steps - 1 - j]`` (used to keep the source background, see ``keep_background``)."""
     levels: list[torch.Tensor] = []
     z_t = _ddim_run(model, latents, text_embeddings, poses, num_steps, control_scale, guidance,
-                    uncond_embeddings, callback, invert=True, trajectory=levels)
+                    uncond_embeddings, callback, invert=True, trajectory=levels, context=context)
     return z_t, torch.stack(levels)
 
 
 def ddim_sample(model: MotionModel, noise_latents: torch.Tensor, text_embeddings: torch.Tensor,
                 poses: torch.Tensor | None = None, num_steps: int = 50, control_scale: float = 1.0,
                 guidance: float = 1.0, uncond_embeddings: torch.Tensor | None = None,
-                callback: ProgressCallback | None = None, keep=None) -> torch.Tensor:
+                callback: ProgressCallback | None = None, keep=None, context=None) -> torch.Tensor:
     """Plain (single-branch) deterministic DDIM sampling from ``z_T``: the inverse of :func:`ddim_invert`.
     ``keep``: a :class:`~motion_core.method.keep_background.BackgroundKeeper` (None: the plain sampler)."""
     return _ddim_run(model, noise_latents, text_embeddings, poses, num_steps, control_scale, guidance,
-                     uncond_embeddings, callback, invert=False, keep=keep)
+                     uncond_embeddings, callback, invert=False, keep=keep, context=context)

@@ -16,6 +16,7 @@ import dataclasses
 
 import torch
 
+from ..errors import check_frame_counts
 from ..video_model.model import MotionModel
 from .ddim import ddim_invert
 from .sampler import SampleResult, SamplerConfig, two_branch_sample
@@ -78,15 +79,19 @@ def run_v1(model: MotionModel, latents: torch.Tensor, masked_latents: torch.Tens
     DDIM inversion of the source (``P_s``, source skeletons), two-branch sampling (reconstruction:
     ``P_s`` + source skeletons; edit: ``P_t`` + reference skeletons, with K/V injection).
     ``config`` sets everything but the step counts; ``sampler`` the inversion's and sampler's
-    steps and ControlNet strength (default: 50 steps, as the paper)."""
+    steps and ControlNet strength (default: 50 steps, as the paper). ``config.context`` (long clips)
+    windows the tuning, the inversion and the sampling alike."""
     config = config or TuneConfig()
     sampler = sampler or SamplerConfig()
+    # different lengths are refused before any tuning (the sampler would refuse them after it)
+    check_frame_counts(latents=latents, masked_latents=masked_latents, source_poses=source_poses,
+                       reference_poses=reference_poses)
     r1 = tune_stage1(model, masked_latents, content_embeddings, source_poses,
                      dataclasses.replace(config, steps=stage_steps[0]), callback)
     r2 = tune_stage2(model, latents, source_embeddings, source_poses,
                      dataclasses.replace(config, steps=stage_steps[1]), callback)
     z_t = ddim_invert(model, latents, source_embeddings, source_poses, num_steps=sampler.num_steps,
-                      control_scale=sampler.control_scale)
+                      control_scale=sampler.control_scale, context=config.context)
     result: SampleResult = two_branch_sample(model, z_t, source_embeddings, target_embeddings, source_poses,
-                                             reference_poses, sampler)
+                                             reference_poses, sampler, context=config.context)
     return V1Result(result.edited, result.reconstruction, z_t, [r1, r2])

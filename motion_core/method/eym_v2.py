@@ -24,7 +24,7 @@ import dataclasses
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, check_frame_counts
 from ..video_model.model import MotionModel
 from .ddim import ddim_invert
 from .single_branch import single_branch_sample
@@ -107,9 +107,15 @@ def run_v2(model: MotionModel, latents: torch.Tensor, masked_latents: torch.Tens
            stage_steps: tuple[int, int] = (300, 300), num_steps: int = 50, control_scale: float = 1.0
            ) -> V2Result:
     """The whole later-version edit: tune (:func:`tune_v2`, with ``P_s``), DDIM-invert the source
-    (``P_s``, source skeletons), sample one branch (``P_t``, reference skeletons)."""
+    (``P_s``, source skeletons), sample one branch (``P_t``, reference skeletons). ``config.context``
+    (long clips) windows the tuning, the inversion and the sampling alike."""
+    # different lengths are refused before any tuning (the sampler would refuse them after it)
+    check_frame_counts(latents=latents, masked_latents=masked_latents, source_poses=source_poses,
+                       reference_poses=reference_poses)
+    context = None if config is None else config.context
     stages = tune_v2(model, latents, masked_latents, source_poses, source_embeddings, variant, config, stage_steps)
-    z_t = ddim_invert(model, latents, source_embeddings, source_poses, num_steps=num_steps, control_scale=control_scale)
+    z_t = ddim_invert(model, latents, source_embeddings, source_poses, num_steps=num_steps, control_scale=control_scale,
+                      context=context)
     edited = single_branch_sample(model, z_t, target_embeddings, reference_poses, num_steps=num_steps,
-                                  control_scale=control_scale)
+                                  control_scale=control_scale, context=context)
     return V2Result(edited, z_t, stages)

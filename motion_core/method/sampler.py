@@ -37,6 +37,7 @@ from ..method.ddim import ProgressCallback, check_output_finite, ddim_schedule, 
 from ..errors import InputError, check_frame_counts, check_guidance, check_inputs_finite, check_latent_size, check_poses
 from ..seeding import step_generator
 from ..video_model.model import MotionModel, match_token_lengths, to_device
+from .windows import fused_prediction, window_batches
 
 
 @dataclass
@@ -98,7 +99,7 @@ def injection_active(step: int, num_steps: int, start: float, end: float) -> boo
 def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_embeddings: torch.Tensor,
                       edit_embeddings: torch.Tensor, recon_poses: torch.Tensor | None, edit_poses: torch.Tensor | None,
                       config: SamplerConfig | None = None, uncond_embeddings: torch.Tensor | None = None,
-                      callback: ProgressCallback | None = None, keep=None) -> SampleResult:
+                      callback: ProgressCallback | None = None, keep=None, context=None) -> SampleResult:
     """Sample the edited clip (and its reconstruction) from ``inverted_latents`` ``(n, 4, h, w)``.
 
     ``recon_embeddings`` / ``edit_embeddings``: ``(1, tokens, dim)`` for ``P_s`` / ``P_t``;
@@ -109,6 +110,10 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
     ``keep`` (beyond the paper): a :class:`~motion_core.method.keep_background.BackgroundKeeper`. After
     every step the editing branch takes the source's own inversion trajectory latent outside the
     change region (the reconstruction branch is unchanged); None is the paper's sampler.
+
+    ``context`` (beyond the paper): :class:`~motion_core.method.windows.ContextOptions`; each step
+    predicts both branches window by window and fuses them per frame (see
+    :mod:`~motion_core.method.windows`); the progress then counts windows. None: the whole clip.
     """
     config = config or SamplerConfig()
     config.validate()
@@ -132,10 +137,13 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
     emb = torch.cat([rows(e) for e in match_token_lengths(*recon_emb, *edit_emb)])
 
     hint_shape = (n, 3, inverted_latents.shape[-2] * 8, inverted_latents.shape[-1] * 8)
-    zeros = torch.zeros(hint_shape, device=device)
+    zeros = torch.zeros(hint_shape, device=device) if recon_poses is None or edit_poses is None else None
     r_hint = zeros if recon_poses is None else recon_poses.to(device, torch.float32)
     e_hint = zeros if edit_poses is None else edit_poses.to(device, torch.float32)
-    hints = torch.cat([r_hint] * k + [e_hint] * k)
+    batches = window_batches(n, context, model.attention_mode) if context is not None else [None]
+    windowed = len(batches) > 1
+    # with windows each window's hints are cut when it runs: no copies of the clip's poses per group
+    hints = None if windowed else torch.cat([r_hint] * k + [e_hint] * k)
     r_scale = config.control_scale if (recon_poses is not None and config.recon_controlnet) else 0.0
     e_scale = config.control_scale if edit_poses is not None else 0.0
     scale = [r_scale] * (k * n) + [e_scale] * (k * n)  # host floats: no device sync per step
@@ -144,6 +152,8 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
 
     inject = {k + g: g for g in range(k)}
     plan = model.plan(n, 2 * k, inject, config.kv_injection)
+    if windowed:
+        window_plans = [model.plan(len(b.frames), 2 * k, inject, config.kv_injection, b.frames, n) for b in batches]
     schedule = ddim_schedule(model.scheduler_config, config.num_steps)
     z_r = inverted_latents.to(device, torch.float32)
     z_e = z_r.clone()
@@ -155,6 +165,9 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
         if keep is None or keep.ghost_all is None:
             raise InputError("mask-split injection needs keep_background with both the source person mask and the "
                              "target person")
+        if windowed:
+            raise InputError("mask-split injection works on the whole clip only: run it without a context window "
+                             "(or with a window at least as long as the clip)")
         plan = plan.with_injection_excluded(keep.ghost_all[:, 0])
     ghost = None
     if config.ghost_guidance > 0:
@@ -163,6 +176,7 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
         ghost = keep.ghost if bool(keep.ghost.any()) else None
     injected = []
     total = len(schedule.timesteps)
+    work = total * len(batches)
     for step, t in enumerate(schedule.timesteps.tolist()):
         active = injection_active(step, total, config.inject_start, config.inject_end)
         parts = tuple(config.inject_parts) if active else ()
@@ -170,8 +184,27 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
             injected.append(step)
         x = torch.cat([z_r] * k + [z_e] * k)
         boost = config.control_boost != 1 and step / total < config.control_boost_until
-        eps = model.predict(x, t, emb, n, poses=hints if use_cn else None, control_scale=boosted if boost else scale,
-                            plan=plan, inject_parts=parts).float()
+        if not windowed:
+            eps = model.predict(x, t, emb, n, poses=hints if use_cn else None, control_scale=boosted if boost else scale,
+                                plan=plan, inject_parts=parts).float()
+        else:
+            def predict(i, b, x=x, t=t, parts=parts, boost=boost):
+                m = len(b.frames)
+                rows = b.index.to(device)
+                xb = x.view(2 * k, n, *x.shape[1:]).index_select(1, rows).flatten(0, 1)
+                eb = emb.view(2 * k, n, *emb.shape[1:])[:, :1].expand(-1, m, -1, -1).flatten(0, 1)
+                sb = [r_scale] * (k * m) + [e_scale * config.control_boost if boost else e_scale] * (k * m)
+                hb = None
+                if use_cn:
+                    hb = torch.cat([r_hint.index_select(0, rows)] * k + [e_hint.index_select(0, rows)] * k)
+                return model.predict(xb, t, eb, m, poses=hb, control_scale=sb,
+                                     plan=window_plans[i], inject_parts=parts).float()
+
+            def after(i, step=step):
+                if callback is not None and i < len(batches) - 1:
+                    callback(step * len(batches) + i + 1, work)
+
+            eps = fused_prediction(n, batches, predict, x, after)
         eps_r, eps_e = eps[: k * n], eps[k * n :]
         if cfg:
             g = config.guidance_scale
@@ -188,6 +221,6 @@ def two_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, recon_
         if keep is not None:
             z_e = keep.blend(z_e, total - 1 - step)
         if callback is not None:
-            callback(step + 1, total)
+            callback((step + 1) * len(batches), work)
     check_output_finite(model, torch.stack([z_e, z_r]), "two-branch sampling")
     return SampleResult(z_e, z_r, injected)

@@ -26,7 +26,7 @@ from .ddim import ProgressCallback, ddim_sample
 def single_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, edit_embeddings: torch.Tensor,
                          edit_poses: torch.Tensor | None, num_steps: int = 50, control_scale: float = 1.0,
                          guidance: float = 1.0, uncond_embeddings: torch.Tensor | None = None,
-                         callback: ProgressCallback | None = None, keep=None) -> torch.Tensor:
+                         callback: ProgressCallback | None = None, keep=None, context=None) -> torch.Tensor:
     """Sample the edited clip from ``inverted_latents`` ``(n, 4, h, w)`` in one branch.
 
     ``edit_embeddings``: ``(1, tokens, dim)`` of ``P_t``; ``edit_poses``: ControlNet hints
@@ -36,6 +36,7 @@ def single_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, edi
 
     ``keep`` (beyond the paper): a :class:`~motion_core.method.keep_background.BackgroundKeeper`; outside
     its change region the edit takes the source's own inversion trajectory at every step.
+    ``context``: windows for a long clip (:class:`~motion_core.method.windows.ContextOptions`).
     """
     check_latent_size("inverted latents", inverted_latents, model.unet.config.in_channels)
     check_frame_counts(inverted_latents=inverted_latents, reference_poses=edit_poses)
@@ -44,7 +45,7 @@ def single_branch_sample(model: MotionModel, inverted_latents: torch.Tensor, edi
         raise InputError(f"ControlNet strength must be >= 0; got {control_scale}")
     return ddim_sample(model, inverted_latents, edit_embeddings, edit_poses, num_steps=num_steps,
                        control_scale=control_scale, guidance=guidance, uncond_embeddings=uncond_embeddings,
-                       callback=callback, keep=keep)
+                       callback=callback, keep=keep, context=context)
 
 
 def repeat_to_frames(frames: torch.Tensor, num_frames: int, name: str = "source") -> torch.Tensor:

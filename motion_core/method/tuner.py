@@ -31,6 +31,7 @@ from diffusers import DDPMScheduler
 from ..precision import HALF, dtype_of, name_of
 from ..errors import InputError, ModelError, check_finite, check_frame_counts, check_latent_size, check_poses, nonfinite_tensors
 from ..method.frames import check_permutation, shuffle_permutation
+from ..method.windows import tuning_window
 from ..seeding import step_generator
 from ..video_model.model import MotionModel, to_device
 
@@ -66,6 +67,10 @@ class TuneConfig:
     optimizer: str = "adamw"
     rollback: str = "host"
     activation_offload: bool = False
+    #: Long clips (beyond the paper): a :class:`~motion_core.method.windows.ContextOptions`; each step
+    #: then sees ``context.length`` frames of the clip (see :func:`~motion_core.method.windows.tuning_window`).
+    #: None, or a window at least the clip's length: every step sees the whole clip.
+    context: object = None
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -83,6 +88,8 @@ class TuneConfig:
             raise InputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
         if self.rollback not in ROLLBACKS:
             raise InputError(f"rollback must be one of {', '.join(ROLLBACKS)}; got {self.rollback!r}")
+        if self.context is not None:
+            self.context.validate()
         if self.optimizer == "adamw8bit":
             bitsandbytes_adamw8bit()  # says what to install before any work is done
 
@@ -220,7 +227,9 @@ def tune(model: MotionModel, recipe: StageRecipe, latents: torch.Tensor, text_em
     used with ``shuffle`` ``fixed`` or ``per_step`` (it replaces the per-step orders) and refused
     with ``none``; without it, ``fixed`` uses a seeded order; ``parameters``: UNet parameter names
     to train instead of the recipe's (e.g. every trainable tensor at once, for the later version's
-    "without STL" ablation).
+    "without STL" ablation). ``config.context`` (long clips): each step trains on a window of the
+    clip (:func:`~motion_core.method.windows.tuning_window`); a window at least the clip's length
+    changes nothing.
     """
     config = config or TuneConfig()
     config.validate()
@@ -259,6 +268,7 @@ def tune(model: MotionModel, recipe: StageRecipe, latents: torch.Tensor, text_em
         permutation = permutation if permutation is not None else shuffle_permutation(n, config.seed)
         check_permutation(permutation, n)
 
+    window = n if config.context is None else config.context.window(n)
     device = model.device
     names = list(parameters) if parameters is not None else recipe.parameter_names(model)
     if not names or not set(names) <= set(model.trainable_parameter_names()):
@@ -274,10 +284,10 @@ def tune(model: MotionModel, recipe: StageRecipe, latents: torch.Tensor, text_em
         text_embeddings = text_embeddings.to(device, torch.float32).clone()
         if permutation is not None:
             permutation = permutation.clone()
-        plan = model.plan(n)
+        plan = model.plan(window)
         scheduler = DDPMScheduler.from_config(model.scheduler_config)
         result = _train(model, recipe, names, latents, text_embeddings, poses, config, callback, shuffle,
-                        permutation, plan, scheduler, result)
+                        permutation, plan, scheduler, result, window)
     model.keep_masters(result.state)  # a later stage or a resumed run starts from them
     return result
 
@@ -297,9 +307,10 @@ def _normalise_storage(model: MotionModel) -> None:
 
 
 def _train(model, recipe, names, latents, text_embeddings, poses, config, callback, shuffle, permutation, plan,
-           scheduler, result) -> StageResult:
+           scheduler, result, window=None) -> StageResult:
     device = model.device
-    n = latents.shape[0]
+    clip = latents.shape[0]
+    n = clip if window is None else window  # frames per step
     stage = recipe.stage
     with _training_mode(model, names, config) as trained:
         optimizer = make_optimizer(trained, config, device)
@@ -311,17 +322,25 @@ def _train(model, recipe, names, latents, text_embeddings, poses, config, callba
             gen = step_generator(config.seed, k)
             # Randomness is drawn on the host (same results on every device) and copied without
             # making the host wait for the GPU.
-            order = torch.randperm(n, generator=gen) if shuffle == "per_step" else permutation
+            if n < clip:  # a window of the clip (long clips): its frames, in the order the model sees them
+                order = tuning_window(clip, n, k, config.seed, shuffle != "none",
+                                      permutation if shuffle == "fixed" else None)
+            else:
+                order = torch.randperm(n, generator=gen) if shuffle == "per_step" else permutation
             z0 = latents
+            step_poses, pose_order = poses, order
             if order is not None:
                 order = to_device(order, device)
                 z0 = z0.index_select(0, order)
+                pose_order = order
+                if n < clip and poses is not None:  # a window: the ControlNet embeds the window's poses only
+                    step_poses, pose_order = poses.index_select(0, order), None
             t = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=gen)
             noise = to_device(torch.randn(z0.shape, generator=gen), device)
             t = to_device(t, device).expand(n)
             zt = scheduler.add_noise(z0, noise, t)
             with offload:  # activations saved for backward go to the host (lever activation_offload)
-                pred = model.predict(zt, t, text_embeddings, n, poses=poses, pose_order=order,
+                pred = model.predict(zt, t, text_embeddings, n, poses=step_poses, pose_order=pose_order,
                                      control_scale=config.control_scale, plan=plan)
             loss = recipe.loss(pred, noise, config)
             optimizer.zero_grad(set_to_none=True)

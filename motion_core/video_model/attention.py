@@ -55,6 +55,33 @@ def kv_frame_indices(num_frames: int, mode: str = "rc") -> torch.Tensor:
     return torch.stack([prev, nxt], dim=1)
 
 
+def window_kv_frames(frames, clip_length: int, mode: str = "rc") -> list[int]:
+    """The clip frames a window must hold for its spatial attention to stay in clip coordinates:
+    ``frames`` (clip indices) followed by the frames they read K/V from that lie outside the window
+    (in clip order). In ``rc`` mode a contiguous window ``[s, s + W)`` needs frame ``s - 1`` (the
+    clip's last frame when ``s == 0``); a window holding the whole clip needs nothing more."""
+    frames = [int(f) for f in frames]
+    inside = set(frames)
+    needed = kv_frame_indices(clip_length, mode)[torch.as_tensor(frames)].flatten().tolist()
+    return frames + sorted({f for f in needed if f not in inside})
+
+
+def window_kv_indices(frames, clip_length: int, mode: str = "rc") -> torch.Tensor:
+    """:func:`kv_frame_indices` for a batch holding the clip frames ``frames`` (clip indices, no
+    repeats): row ``j`` reads the batch positions of the clip frames that clip frame ``frames[j]``
+    reads. A neighbour missing from the batch is replaced by the frame itself (only frames added by
+    :func:`window_kv_frames` lack neighbours; their outputs are not used)."""
+    frames = torch.as_tensor(list(frames), dtype=torch.long)
+    if frames.numel() != len(set(frames.tolist())) or (frames.numel() and not 0 <= int(frames.min()) <= int(frames.max()) < clip_length):
+        raise InputError(f"window frames must be distinct clip frames in [0, {clip_length}); got {frames.tolist()}")
+    clip_idx = kv_frame_indices(clip_length, mode)[frames]  # (b, m), clip coordinates
+    position = torch.full((clip_length,), -1, dtype=torch.long)
+    position[frames] = torch.arange(frames.numel())
+    rows = position[clip_idx]
+    own = torch.arange(frames.numel())[:, None].expand_as(rows)
+    return torch.where(rows >= 0, rows, own)
+
+
 @dataclass
 class RowGroup:
     """Rows ``[start, stop)`` of the batch attend to the K/V rows ``kv_rows`` (``(rows, m)``).
@@ -86,6 +113,8 @@ class AttentionPlan:
     num_groups: int = 1
     inject: dict[int, int] = field(default_factory=dict)
     injection: str = "concat"
+    frames: tuple | None = None
+    clip_length: int | None = None
     base: list[RowGroup] = field(init=False)
     injected: list[RowGroup] = field(init=False)
 
@@ -93,7 +122,12 @@ class AttentionPlan:
         if self.injection not in INJECTION_MODES:
             raise InputError(f"kv_injection must be one of {', '.join(INJECTION_MODES)}; got {self.injection!r}")
         n, g = self.num_frames, self.num_groups
-        idx = kv_frame_indices(n, self.mode)  # (n, m)
+        if self.frames is None:
+            idx = kv_frame_indices(n, self.mode)  # (n, m)
+        else:
+            if len(self.frames) != n or self.clip_length is None:
+                raise ValueError("a windowed plan needs one clip frame per batch frame and the clip length")
+            idx = window_kv_indices(self.frames, self.clip_length, self.mode)
         offsets = (torch.arange(g) * n)[:, None, None]
         all_rows = (idx[None] + offsets).reshape(g * n, -1)
         self.base = [RowGroup(0, g * n, all_rows)]

@@ -191,14 +191,21 @@ class MotionModel(nn.Module):
         return next(self.unet.parameters()).device
 
     def plan(self, num_frames: int, num_groups: int = 1, inject: dict[int, int] | None = None,
-             injection: str = "concat") -> AttentionPlan:
-        key = (num_frames, num_groups, tuple(sorted((inject or {}).items())), injection, self.device)
+             injection: str = "concat", frames=None, clip_length: int | None = None) -> AttentionPlan:
+        """The attention plan of a batch of ``num_groups`` groups of ``num_frames`` frames (cached).
+        ``frames``/``clip_length``: the batch holds these frames of a longer clip (a window); None:
+        the whole clip."""
+        frames = None if frames is None else tuple(int(f) for f in frames)
+        if frames is not None and frames == tuple(range(num_frames)) and clip_length == num_frames:
+            frames = clip_length = None  # the whole clip in order: the ordinary plan
+        key = (num_frames, num_groups, tuple(sorted((inject or {}).items())), injection, self.device, frames, clip_length)
         plan = self._plans.get(key)
         if plan is None:
             # Built outside inference mode: the cached index tensors then also serve tuning, whose
             # backward saves them (inference tensors cannot be saved for backward).
             with torch.inference_mode(False):
-                plan = AttentionPlan(num_frames, self.attention_mode, num_groups, dict(inject or {}), injection)
+                plan = AttentionPlan(num_frames, self.attention_mode, num_groups, dict(inject or {}), injection,
+                                     frames, clip_length)
                 plan = self._plans[key] = plan.to(self.device)
         return plan
 

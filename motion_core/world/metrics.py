@@ -21,6 +21,9 @@ with the ground truth seen through the same VAE, so a perfect edit scores PSNR =
   the source person lies wholly inside the target person (no such pixel).
 * ``flicker``: mean absolute frame-to-frame change over the pixels that are background in every frame
   (the true background is static), in 8-bit levels.
+* ``seam_flicker`` (long clips): ``flicker`` over the consecutive pairs that straddle a sampling
+  window's border only (frames ``b - 1`` and ``b`` for each window start ``b > 0``), in the same units;
+  NaN when the clip was sampled in one window (no border).
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-METRICS = ("psnr", "ssim", "background_psnr", "pose_error", "appearance_error", "ghost_error", "flicker")
+METRICS = ("psnr", "ssim", "background_psnr", "pose_error", "appearance_error", "ghost_error", "flicker",
+           "seam_flicker")
 #: which direction is better, for tables
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "background_psnr": True, "pose_error": False,
-                    "appearance_error": False, "ghost_error": False, "flicker": False}
+                    "appearance_error": False, "ghost_error": False, "flicker": False,
+                    "seam_flicker": False}
 
 
 def _t(x) -> torch.Tensor:
@@ -134,9 +139,22 @@ def flicker(pred, static_background) -> float:
     return float((p[1:] - p[:-1]).abs().mean(-1)[:, bg].mean() * 255)
 
 
-def score(pred, truth, truth_masks, source_masks, background_image, palette) -> dict[str, float]:
+def seam_flicker(pred, static_background, borders) -> float:
+    """:func:`flicker` over the pairs ``(b - 1, b)`` for ``b`` in ``borders`` (window starts); NaN without borders."""
+    p = _t(pred)
+    bg = _t(static_background).bool()
+    b = torch.as_tensor(sorted({int(x) for x in borders or ()}), dtype=torch.long)
+    if b.numel() == 0 or not bg.any():
+        return float("nan")
+    if int(b.min()) < 1 or int(b.max()) >= p.shape[0]:
+        raise ValueError(f"window borders must lie in [1, {p.shape[0]}); got {b.tolist()}")
+    return float((p[b] - p[b - 1]).abs().mean(-1)[:, bg].mean() * 255)
+
+
+def score(pred, truth, truth_masks, source_masks, background_image, palette, borders=None) -> dict[str, float]:
     """All metrics for one edit: ``pred``/``truth`` (n, h, w, 3), masks (n, h, w) coverage 0..1,
-    ``background_image`` (h, w, 3) the scene without the person, ``palette`` (k, 3) the person's colours."""
+    ``background_image`` (h, w, 3) the scene without the person, ``palette`` (k, 3) the person's colours,
+    ``borders`` the sampling windows' starts (long clips; None: one window)."""
     tm, sm = _t(truth_masks), _t(source_masks)
     bg_each = (tm <= 0) & (sm <= 0)
     static = bg_each.all(0)
@@ -148,4 +166,5 @@ def score(pred, truth, truth_masks, source_masks, background_image, palette) -> 
         "appearance_error": appearance_error(pred, truth, tm, background_image, palette),
         "ghost_error": ghost_error(pred, truth, sm, tm),
         "flicker": flicker(pred, static),
+        "seam_flicker": seam_flicker(pred, static, borders),
     }

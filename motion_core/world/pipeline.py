@@ -49,6 +49,13 @@ class Settings:
     learning_rate: float = TUNING_LR
     seed: int = 0
     baseline_guidance: float = 3.0
+    #: long clips (beyond the paper): a :class:`~motion_core.method.windows.ContextOptions` for tuning,
+    #: inversion and sampling; None, or a window at least the clip's length: the whole clip at once
+    context: object = None
+
+    def as_dict(self) -> dict:
+        """The settings as plain values (the context as a dict), for JSON."""
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -119,7 +126,7 @@ class CaseInputs:
 def _tune(model, inputs: CaseInputs, settings: Settings, stage: int, *, masked: bool, prompt: torch.Tensor,
           lam: float = 0.9, shuffle: str = "per_step", names: list[str] | None = None, progress=None):
     cfg = TuneConfig(steps=settings.stage_steps, learning_rate=settings.learning_rate, seed=settings.seed,
-                     gradient_checkpointing=False, lam=lam, shuffle=shuffle)
+                     gradient_checkpointing=False, lam=lam, shuffle=shuffle, context=settings.context)
     latents = inputs.masked_latents if masked else inputs.latents
     # ``names``: a custom trainable set (Tune-A-Video trains attn1 and temporal together)
     tune_stage(model, stage, latents, prompt, inputs.source_hints, cfg,
@@ -158,16 +165,20 @@ def _v1_full(inputs, settings, mode, lam=0.9, stage1=True):
 
 
 def _two_branch(model, inputs, settings, *, hints=None, injection="concat", inject=True):
-    z_t = ddim_invert(model, inputs.latents, inputs.p_s, inputs.source_hints, num_steps=settings.ddim_steps)
+    z_t = ddim_invert(model, inputs.latents, inputs.p_s, inputs.source_hints,
+                      num_steps=settings.ddim_steps, context=settings.context)
     cfg = SamplerConfig(num_steps=settings.ddim_steps, kv_injection=injection,
                         inject_start=0.0 if inject else 1.0, inject_end=1.0)
     ref = inputs.reference_hints if hints is None else hints
-    return two_branch_sample(model, z_t, inputs.p_s, inputs.p_t, inputs.source_hints, ref, cfg).edited
+    return two_branch_sample(model, z_t, inputs.p_s, inputs.p_t, inputs.source_hints, ref, cfg,
+                             context=settings.context).edited
 
 
 def _single_branch(model, inputs, settings):
-    z_t = ddim_invert(model, inputs.latents, inputs.p_s, inputs.source_hints, num_steps=settings.ddim_steps)
-    return ddim_sample(model, z_t, inputs.p_t, inputs.reference_hints, num_steps=settings.ddim_steps)
+    z_t = ddim_invert(model, inputs.latents, inputs.p_s, inputs.source_hints,
+                      num_steps=settings.ddim_steps, context=settings.context)
+    return ddim_sample(model, z_t, inputs.p_t, inputs.reference_hints,
+                      num_steps=settings.ddim_steps, context=settings.context)
 
 
 # ----------------------------------------------------------------------------- beyond the paper
@@ -208,7 +219,8 @@ def keeper_for(inputs: CaseInputs, trajectory: torch.Tensor, enh: Enhancements, 
 
 
 def _invert(model, inputs, settings):
-    return ddim_invert_trajectory(model, inputs.latents, inputs.p_s, inputs.source_hints, num_steps=settings.ddim_steps)
+    return ddim_invert_trajectory(model, inputs.latents, inputs.p_s, inputs.source_hints,
+                      num_steps=settings.ddim_steps, context=settings.context)
 
 
 def run_eym_v1_enhanced(models, inputs, settings, progress=None, enh: Enhancements = ENHANCED):
@@ -219,7 +231,7 @@ def run_eym_v1_enhanced(models, inputs, settings, progress=None, enh: Enhancemen
                         mask_split_kv=enh.mask_split_kv and enh.keep_background,
                         control_boost=enh.control_boost, control_boost_until=enh.control_boost_until)
     return two_branch_sample(model, z_t, inputs.p_s, inputs.p_t, inputs.source_hints, inputs.reference_hints, cfg,
-                             keep=keeper_for(inputs, traj, enh, settings.seed)).edited
+                             keep=keeper_for(inputs, traj, enh, settings.seed), context=settings.context).edited
 
 
 def run_eym_v2_enhanced(models, inputs, settings, progress=None, enh: Enhancements = ENHANCED):
@@ -229,7 +241,7 @@ def run_eym_v2_enhanced(models, inputs, settings, progress=None, enh: Enhancemen
     model = _tuned_v2(models, inputs, settings, "eym_v2", progress)
     z_t, traj = _invert(model, inputs, settings)
     return single_branch_sample(model, z_t, inputs.p_t, inputs.reference_hints, num_steps=settings.ddim_steps,
-                                keep=keeper_for(inputs, traj, enh, settings.seed))
+                                keep=keeper_for(inputs, traj, enh, settings.seed), context=settings.context)
 
 
 def run_eym_v1(models, inputs, settings, progress=None, mode="rc", **sample):
@@ -246,7 +258,8 @@ def _tuned_v2(models, inputs, settings, variant, progress=None):
     if key in inputs.cache:
         model.load_tuned_state(inputs.cache[key])
     else:
-        cfg = TuneConfig(learning_rate=settings.learning_rate, seed=settings.seed, gradient_checkpointing=False)
+        cfg = TuneConfig(learning_rate=settings.learning_rate, seed=settings.seed, gradient_checkpointing=False,
+                         context=settings.context)
         tune_v2(model, inputs.latents, inputs.masked_latents, inputs.source_hints, inputs.p_s, variant, cfg,
                 stage_steps=(settings.stage_steps, settings.stage_steps),
                 callback=None if progress is None else (lambda k, total, loss: progress()))
@@ -260,8 +273,10 @@ def run_eym_v2(models, inputs, settings, progress=None, variant="eym_v2"):
     from ..method.single_branch import single_branch_sample
 
     model = _tuned_v2(models, inputs, settings, variant, progress)
-    z_t = ddim_invert(model, inputs.latents, inputs.p_s, inputs.source_hints, num_steps=settings.ddim_steps)
-    return single_branch_sample(model, z_t, inputs.p_t, inputs.reference_hints, num_steps=settings.ddim_steps)
+    z_t = ddim_invert(model, inputs.latents, inputs.p_s, inputs.source_hints,
+                      num_steps=settings.ddim_steps, context=settings.context)
+    return single_branch_sample(model, z_t, inputs.p_t, inputs.reference_hints,
+                      num_steps=settings.ddim_steps, context=settings.context)
 
 
 #: each option beyond the paper -> the Enhancements without it (its ablation row)
@@ -312,7 +327,7 @@ def _method_table() -> dict[str, tuple[int, Callable]]:
         gen = torch.Generator().manual_seed(s.seed)
         noise = torch.randn(i.latents.shape, generator=gen)
         return ddim_sample(model, noise, i.p_t, i.reference_hints, num_steps=s.ddim_steps,
-                           guidance=s.baseline_guidance, uncond_embeddings=i.uncond)
+                           guidance=s.baseline_guidance, uncond_embeddings=i.uncond, context=s.context)
 
     def no_tuning(m, i, s, p):
         return _single_branch(m.motion_model("rc"), i, s)

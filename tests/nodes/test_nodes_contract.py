@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CORE_NODES = json.loads((ROOT / "tests" / "data" / "comfyui_core_nodes_v0.21.json").read_text())
-PACK_TYPES = {"EYM_MODEL", "EYM_PERMUTATION", "POSE_KEYPOINT"}
+PACK_TYPES = {"EYM_MODEL", "EYM_PERMUTATION", "EYM_CONTEXT", "POSE_KEYPOINT"}
 CORE_TYPES = {"IMAGE", "MASK", "LATENT", "CONDITIONING", "MODEL", "CONTROL_NET", "VAE", "CLIP"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
