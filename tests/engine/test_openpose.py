@@ -179,5 +179,8 @@ def test_detect_keypoints_uint8_numpy_default_resolution(random_net):
     images = (np.random.default_rng(0).random((1, 48, 64, 3)) * 255).astype(np.uint8)
     kp, found = OP.detect_keypoints(images, random_net)  # the real network runs at 512x704
     assert kp.shape == (1, 18, 3) and kp.dtype == np.float32 and found.shape == (1,)
+    rgba = np.concatenate([images, np.full((1, 48, 64, 1), 7, np.uint8)], axis=-1)  # alpha is dropped, as mediapipe does
+    kp_rgba, found_rgba = OP.detect_keypoints(rgba, random_net)
+    assert np.array_equal(kp_rgba, kp) and np.array_equal(found_rgba, found)
     with pytest.raises(InputError, match="RGB"):
-        OP.detect_keypoints(np.zeros((1, 8, 8, 4), np.uint8), random_net)
+        OP.detect_keypoints(np.zeros((1, 8, 8, 2), np.uint8), random_net)
