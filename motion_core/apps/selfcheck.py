@@ -19,13 +19,14 @@ import torch
 
 from ..apps.media import write_animation, write_png, write_video
 from ..errors import InputError
+from ..files import atomic_path
 from ..method.ddim import ddim_invert
 from ..method.frames import apply_background_mask, poses_to_condition
 from ..pose import align_skeletons, person_masks_from_keypoints, render_pose_images
 from ..method.sampler import SamplerConfig, two_branch_sample
 from ..testing.synthetic import frames_to_latents, latents_to_frames, make_clip
 from ..testing.tiny import build_motion_model, encode_prompt
-from ..method.dpl import tune_stage1, tune_stage2
+from ..method.dpl import run_v1
 from ..method.tuner import TuneConfig
 from ..video_model.weights import load_tuned_weights, save_tuned_weights
 
@@ -93,10 +94,11 @@ def run_selfcheck(output: str | os.PathLike = "selfcheck_output", frames: int = 
     src_hint = poses_to_condition(source.poses, size, size)
     ref_hint = poses_to_condition(ref_poses, size, size)
 
-    cfg = dict(steps=stage_steps, learning_rate=1e-3, seed=seed)
-    r1 = tune_stage1(model, lat_masked, p_c, src_hint, TuneConfig(**cfg))
+    # the whole first-version edit in one call: both DPL stages, inversion, two-branch sampling
+    edit = run_v1(model, lat, lat_masked, src_hint, ref_hint, p_c, p_s, p_t,
+                  TuneConfig(learning_rate=1e-3, seed=seed), (stage_steps, stage_steps), SamplerConfig(num_steps=ddim_steps))
+    r1, r2 = edit.stages
     log(f"stage 1 (RC-Attn, shuffled + masked): loss {r1.losses[0]:.3f} -> {r1.losses[-1]:.3f}")
-    r2 = tune_stage2(model, lat, p_s, src_hint, TuneConfig(**cfg))
     log(f"stage 2 (temporal, ordered): loss {r2.losses[0]:.3f} -> {r2.losses[-1]:.3f}")
 
     weights_path = save_tuned_weights(out / "tuned.safetensors", model, model.tuned_state(),
@@ -105,8 +107,10 @@ def run_selfcheck(output: str | os.PathLike = "selfcheck_output", frames: int = 
     load_tuned_weights(weights_path, reloaded)
     log(f"tuned weights saved and reloaded: {weights_path}")
 
+    # the reloaded weights, inverted and sampled step by step as the nodes do, must give the same edit
     z_t = ddim_invert(reloaded, lat, p_s, src_hint, num_steps=ddim_steps)
     result = two_branch_sample(reloaded, z_t, p_s, p_t, src_hint, ref_hint, SamplerConfig(num_steps=ddim_steps))
+    reload_err = float(max((z_t - edit.inverted).abs().max(), (result.edited - edit.edited).abs().max()))
     identity = two_branch_sample(reloaded, z_t, p_s, p_s, src_hint, src_hint,
                                  SamplerConfig(num_steps=ddim_steps, kv_injection="balanced"))
     identity_err = float((identity.edited - identity.reconstruction).abs().max())
@@ -125,6 +129,7 @@ def run_selfcheck(output: str | os.PathLike = "selfcheck_output", frames: int = 
 
     checks = {
         "outputs finite": finite,
+        "the saved and reloaded weights reproduce the one-call edit exactly": reload_err == 0.0,
         "same prompt and poses reproduce the reconstruction (balanced injection)": identity_err < 1e-3,
         "the edit differs from the reconstruction": edit_change > 1e-4,
         "stage losses recorded": len(r1.losses) == stage_steps and len(r2.losses) == stage_steps,
@@ -134,15 +139,14 @@ def run_selfcheck(output: str | os.PathLike = "selfcheck_output", frames: int = 
         "note": BANNER,
         "frames": frames, "size": size, "stage_steps": stage_steps, "ddim_steps": ddim_steps,
         "stage1_loss": [r1.losses[0], r1.losses[-1]], "stage2_loss": [r2.losses[0], r2.losses[-1]],
-        "identity_max_abs_diff": identity_err, "reconstruction_rms_error": recon_err,
+        "identity_max_abs_diff": identity_err, "reload_max_abs_diff": reload_err, "reconstruction_rms_error": recon_err,
         "edit_rms_change": edit_change, "checks": checks, "seconds": round(time.perf_counter() - t0, 1),
         "video": str(video), "animation": str(animation),
         "columns": ["source", "aligned reference pose", "reconstruction", "edited"],
         "passed": all(checks.values()),
     }
-    tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out / "report.json")
+    with atomic_path(out / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
     for name, ok in checks.items():
         log(f"  [{'PASS' if ok else 'FAIL'}] {name}")
     log(f"wrote {video} and {animation} (columns: source | aligned reference pose | reconstruction | edited) "

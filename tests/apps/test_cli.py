@@ -33,6 +33,9 @@ def test_selfcheck_writes_video_frames_and_report(tmp_path):
     assert report["passed"] and report["self_check"] is True
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["checks"] == report["checks"] and saved["self_check"] is True
+    # the one-call edit (run_v1) and the saved, reloaded weights run step by step give the same latents
+    assert saved["reload_max_abs_diff"] == 0.0 and saved["checks"]["the saved and reloaded weights reproduce the one-call edit exactly"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
     assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [f"frame_{i:03d}.png" for i in range(3)]
     assert saved["passed"] is True and saved["passed"] == all(saved["checks"].values())
     with av.open(str(tmp_path / "selfcheck.mp4")) as container:  # browser-playable H.264
