@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..motion_core.errors import InputError
-from ..motion_core.method.windows import FUSE_MODES, ContextOptions, calls_per_step, frames_per_call
+from ..motion_core.method.windows import FUSE_MODES, ContextOptions, calls_per_step
 from .handle import CATEGORY, CONTEXT_TYPE
 
 CONTEXT_INPUT_TOOLTIP = (
@@ -76,4 +76,4 @@ class ContextOptionsNode:
 NODE_CLASS_MAPPINGS = {"EYM_ContextOptions": ContextOptionsNode}
 NODE_DISPLAY_NAME_MAPPINGS = {"EYM_ContextOptions": "EYM Context Options (long clips)"}
 
-__all__ = ["context_input", "context_in", "calls_per_step", "frames_per_call"]
+__all__ = ["context_input", "context_in", "calls_per_step"]

@@ -14,7 +14,7 @@ from ..motion_core.pose.masks import fit_mask_grow, person_masks_from_keypoints
 from ..motion_core.method.sampler import SamplerConfig, two_branch_sample
 from . import comfy_bridge as bridge
 from .handle import CATEGORY, MODEL_TYPE, activated, check_handle, embedding, latents_in, latents_out, pose_hint
-from .context_nodes import calls_per_step, context_in, context_input, frames_per_call
+from .context_nodes import calls_per_step, context_in, context_input
 from .memory_guard import ensure_fits
 
 log = logging.getLogger("edit_your_motion")
@@ -180,9 +180,7 @@ class DDIMInversion:
         hint = pose_hint(source_poses, latents, "source_poses") if use_controlnet else None
         check_guidance(guidance, negative, "negative")
         uncond = embedding(negative, "negative") if guidance > 1 else None
-        window = latents[: frames_per_call(latents.shape[0], context, handle.attention_mode)]
-        need = ensure_fits("EYM DDIM Inversion", handle, "inversion", window, guidance=guidance,
-                           windowed=context is not None)
+        need = ensure_fits("EYM DDIM Inversion", handle, "inversion", latents, guidance=guidance, context=context)
         progress.phase("moving the video model to the device")
         with activated(handle, memory_required=need) as model:
             z_t, trajectory = ddim_invert_trajectory(
@@ -268,9 +266,7 @@ class TwoBranchSampler:
         ref = pose_hint(reference_poses, z_t, "reference_poses")
         keep = build_keeper(inverted_latent, z_t, keep_background, source_mask, reference_keypoints, change_region,
                             region_grow, region_feather, ghost_fill, renoise_ghost, seed, target_mask, source_keypoints)
-        window = z_t[: frames_per_call(z_t.shape[0], context, handle.attention_mode)]
-        need = ensure_fits("EYM Two-Branch Sampler", handle, "two_branch", window, guidance=guidance,
-                           windowed=context is not None)
+        need = ensure_fits("EYM Two-Branch Sampler", handle, "two_branch", z_t, guidance=guidance, context=context)
         progress.phase("moving the video model to the device")
         with activated(handle, memory_required=need) as model:
             result = two_branch_sample(model, z_t, recon_emb, edit_emb, src, ref, config, uncond_embeddings=uncond,

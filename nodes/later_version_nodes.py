@@ -12,7 +12,7 @@ from . import comfy_bridge as bridge
 from .handle import CATEGORY, MODEL_TYPE, activated, check_handle, embedding, latents_in, latents_out, pose_hint
 from .inference_nodes import (INVERSION_KEY, guidance_input, negative_input, steps_input, build_keeper,
                               keep_background_inputs)
-from .context_nodes import calls_per_step, context_in, context_input, frames_per_call
+from .context_nodes import calls_per_step, context_in, context_input
 from .memory_guard import ensure_fits
 from .tuning_nodes import tuning_inputs, run_tuning_node, memory_inputs
 
@@ -141,9 +141,8 @@ class SingleBranchSampler:
         ref = pose_hint(reference_poses, z_t, "reference_poses")
         keep = build_keeper(inverted_latent, z_t, keep_background, source_mask, reference_keypoints, change_region,
                             region_grow, region_feather, ghost_fill, renoise_ghost, seed, target_mask, source_keypoints)
-        window = z_t[: frames_per_call(z_t.shape[0], context, handle.attention_mode)]
-        need = ensure_fits("EYM Single-Branch Sampler", handle, "single_branch", window, guidance=guidance,
-                           windowed=context is not None)
+        need = ensure_fits("EYM Single-Branch Sampler", handle, "single_branch", z_t, guidance=guidance,
+                           context=context)
         progress.phase("moving the video model to the device")
         with activated(handle, memory_required=need) as model:
             edited = single_branch_sample(model, z_t, emb, ref, num_steps=steps, control_scale=control_strength,

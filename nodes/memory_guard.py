@@ -17,6 +17,7 @@ import torch
 
 from ..motion_core.apps import memory
 from ..motion_core.errors import InputError
+from ..motion_core.method.windows import frames_per_call
 from . import comfy_bridge as bridge
 
 log = logging.getLogger("edit_your_motion")
@@ -66,15 +67,20 @@ TUNING_LEVERS = {
 }
 
 
-def ensure_fits(node: str, handle, phase: str, latents: torch.Tensor, guidance: float = 1.0, windowed: bool = False,
+def ensure_fits(node: str, handle, phase: str, latents: torch.Tensor, guidance: float = 1.0, context=None,
                 **levers) -> int:
     """Make room for ``phase`` on the compute device and return the bytes it needs beyond the
     weights (for ``memory_required`` when loading); raise InputError at once when it cannot fit.
-    ``windowed`` (long clips): ``latents`` are the frames of one model call (a window), and the
-    message speaks of the context window rather than the clip.
+    ``context`` (long clips): a step then holds one model call's frames (a tuning window, or the largest
+    window batch of inversion and sampling), so the estimate is for those, and the message speaks of
+    the context window rather than the clip.
 
     Nothing has changed when it raises: the engine was not loaded, no weight written, no file made.
     """
+    windowed = context is not None
+    if windowed:
+        latents = latents[: frames_per_call(latents.shape[0], context, handle.attention_mode,
+                                            tuning=phase in ("stage1", "stage2"))]
     device = bridge.torch_device()
     model = handle.engine.model
     est = estimate_for(handle, phase, latents, device, guidance=guidance, **levers)

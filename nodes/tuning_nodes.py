@@ -8,7 +8,7 @@ from ..motion_core.errors import InputError
 from ..motion_core.method.stages import tune_stage
 from ..motion_core.method.tuner import OPTIMIZERS, SHUFFLE_MODES, TuneConfig, bitsandbytes_adamw8bit
 from . import comfy_bridge as bridge
-from .context_nodes import context_in, context_input, frames_per_call
+from .context_nodes import calls_per_step, context_in, context_input
 from .memory_guard import ensure_fits
 from .handle import (
     CATEGORY, MODEL_TYPE, PERMUTATION_TYPE, activated, check_handle, embedding, latents_in, pose_hint,
@@ -81,16 +81,14 @@ def run_tuning_node(stage: int, video_model, latent, conditioning, poses, cond_n
     hint = pose_hint(poses, latents, "source_poses")
     config.start_step = handle.steps.get(stage, 0)  # continuing a tuned model draws fresh randomness
     config.context = context_in(config.context)
-    # a step holds one window (long clips): the memory check is for the window's frames (a bad context, or a
-    # 1-frame clip with one, is refused here, before anything is unloaded)
-    step_latents = latents[: frames_per_call(latents.shape[0], config.context, tuning=True)]
+    calls_per_step(latents.shape[0], config.context)  # refuses a bad context, or a 1-frame clip with one, before anything is unloaded
     if config.optimizer == "adamw8bit":
         bitsandbytes_adamw8bit()  # not installed: say so before anything is unloaded
     progress.phase("freeing the device (unloading ComfyUI's other models)")
     bridge.unload_other_models()
-    ensure_fits(node or f"Edit-Your-Motion stage {stage}", handle, f"stage{stage}", step_latents,
+    ensure_fits(node or f"Edit-Your-Motion stage {stage}", handle, f"stage{stage}", latents,
                 gradient_checkpointing=config.gradient_checkpointing, optimizer=config.optimizer,
-                activation_offload=config.activation_offload, windowed=config.context is not None)
+                activation_offload=config.activation_offload, context=config.context)
     progress.phase("moving the video model to the device")
     with activated(handle, trains=True) as model:
         progress.phase("building the optimiser and running the first step")
