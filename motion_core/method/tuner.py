@@ -67,6 +67,10 @@ class TuneConfig:
     optimizer: str = "adamw"
     rollback: str = "host"
     activation_offload: bool = False
+    #: Keep the frozen ControlNet's weights on the host during the stage; each step copies them to the
+    #: device for the ControlNet's forward only and drops the copies before the UNet runs
+    #: (:meth:`~motion_core.video_model.model.MotionModel.controlnet_on_host`). Same results.
+    controlnet_offload: bool = False
     #: Long clips (beyond the paper): a :class:`~motion_core.method.windows.ContextOptions`; each step
     #: then sees ``context.length`` frames of the clip (see :func:`~motion_core.method.windows.tuning_window`).
     #: None, or a window at least the clip's length: every step sees the whole clip.
@@ -312,7 +316,10 @@ def _train(model, recipe, names, latents, text_embeddings, poses, config, callba
     clip = latents.shape[0]
     n = clip if window is None else window  # frames per step
     stage = recipe.stage
-    with _training_mode(model, names, config) as trained:
+    # The ControlNet leaves the device before the training mode's copies are made, and comes back
+    # after they are gone (lever controlnet_offload).
+    cn_offload = model.controlnet_on_host() if config.controlnet_offload else nullcontext()
+    with cn_offload, _training_mode(model, names, config) as trained:
         optimizer = make_optimizer(trained, config, device)
         offload = (torch.autograd.graph.save_on_cpu(pin_memory=device.type == "cuda") if config.activation_offload
                    else nullcontext())

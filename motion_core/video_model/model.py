@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
@@ -134,6 +134,8 @@ class MotionModel(nn.Module):
         self._masters: dict[str, torch.Tensor] = {}  # float32 values of half-precision trained tensors
         self._plans: dict = {}
         self._pose_cache = None
+        self._controlnet_host: dict[str, torch.Tensor] | None = None  # see controlnet_on_host
+        self._controlnet_device: torch.device | None = None
         if controlnet is not None and type(controlnet.controlnet_cond_embedding) is ControlNetConditioningEmbedding:
             controlnet.controlnet_cond_embedding.__class__ = _PoseEmbedding
         self.set_attention_mode(attention_mode)
@@ -283,6 +285,72 @@ class MotionModel(nn.Module):
                 p.copy_(value.to(device=p.device, dtype=p.dtype))
         self.keep_masters(state)
 
+    # ----------------------------------------------------------------- ControlNet offload
+    @contextmanager
+    def controlnet_on_host(self):
+        """Keep the frozen ControlNet's weights in host memory while inside (tuning's
+        ``controlnet_offload``): every ControlNet call then runs on device copies of them, made for
+        that call (from pinned memory, without making the host wait, on CUDA) and dropped right
+        after it, so the UNet's forward and backward run without the ControlNet on the device. The
+        results are those of the ControlNet in place (the same ops on the same values). Afterwards
+        the ControlNet is back where it was, also after an exception.
+
+        On the CPU the host is the device: the weights stay where they are and each call still runs
+        on copies (what a GPU run does, so the estimate can be checked against a CPU run)."""
+        cn = self.controlnet
+        if cn is None or self._controlnet_host is not None:
+            yield
+            return
+        device = self.device
+        moved = {}  # module, kind, name -> the device the tensor came from
+        host = {}
+        try:
+            for prefix, module in cn.named_modules():
+                for kind in ("_parameters", "_buffers"):
+                    for name, t in getattr(module, kind).items():
+                        if t is None:
+                            continue
+                        key = f"{prefix}.{name}" if prefix else name
+                        if t.device.type != "cpu":
+                            if t.device.type == "cuda":  # pinned: the per-call copies need not wait for the host
+                                h = torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t.detach())
+                            else:
+                                h = t.detach().to("cpu")
+                            moved[(module, kind, name)] = t.device
+                            if kind == "_parameters":
+                                t.data = h  # the Parameter object stays (ComfyUI and the model hold it)
+                            else:
+                                module._buffers[name] = h
+                            t = h
+                        host[key] = t
+            self._controlnet_host = host
+            self._controlnet_device = device
+            yield
+        finally:
+            self._controlnet_host = None
+            for (module, kind, name), home in moved.items():
+                t = getattr(module, kind)[name]
+                back = t.detach().to(home, copy=True)
+                if kind == "_parameters":
+                    t.data = back
+                else:
+                    module._buffers[name] = back
+
+    def _controlnet_call(self, module: nn.Module, prefix: str, *args, **kwargs):
+        """``module(*args, **kwargs)`` for the ControlNet or its part ``prefix`` (``""``: the whole
+        ControlNet): in place, or inside :meth:`controlnet_on_host` on device copies of its weights
+        that live only for this call."""
+        host = self._controlnet_host
+        if host is None:
+            return module(*args, **kwargs)
+        device = self._controlnet_device
+        start = f"{prefix}." if prefix else ""
+        copies = {k[len(start):]: t.to(device, non_blocking=device.type == "cuda", copy=True)
+                  for k, t in host.items() if k.startswith(start)}
+        out = torch.func.functional_call(module, copies, args, kwargs, strict=True)
+        del copies
+        return out
+
     # ----------------------------------------------------------------- forward
     def pose_embedding(self, poses: torch.Tensor) -> torch.Tensor:
         """The ControlNet's embedding of ``poses`` (n, 3, H, W), cached while the same tensor (same
@@ -294,7 +362,8 @@ class MotionModel(nn.Module):
         if c is not None and c[0]() is poses and c[1] == version and c[2] == self.compute_dtype:
             return c[3]
         with torch.no_grad():
-            emb = self.controlnet.controlnet_cond_embedding(poses.to(self.controlnet.dtype))
+            emb = self._controlnet_call(self.controlnet.controlnet_cond_embedding, "controlnet_cond_embedding",
+                                        poses.to(self.controlnet.dtype))
         self._pose_cache = (weakref.ref(poses), version, self.compute_dtype, emb)
         return emb
 
@@ -324,8 +393,8 @@ class MotionModel(nn.Module):
             pick = lambda x: x.index_select(0, index)
         uniform = len({scales[i] for i in rows}) == 1
         with torch.no_grad():
-            down, mid = self.controlnet(
-                pick(latents), pick(timesteps), encoder_hidden_states=pick(text_embeddings),
+            down, mid = self._controlnet_call(
+                self.controlnet, "", pick(latents), pick(timesteps), encoder_hidden_states=pick(text_embeddings),
                 controlnet_cond=pick(cond), conditioning_scale=scales[rows[0]] if uniform else 1.0, return_dict=False,
             )
         residuals = list(down) + [mid]
