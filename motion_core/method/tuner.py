@@ -290,8 +290,11 @@ def tune(model: MotionModel, recipe: StageRecipe, latents: torch.Tensor, text_em
             permutation = permutation.clone()
         plan = model.plan(window)
         scheduler = DDPMScheduler.from_config(model.scheduler_config)
-        result = _train(model, recipe, names, latents, text_embeddings, poses, config, callback, shuffle,
-                        permutation, plan, scheduler, result, window)
+        # Lever controlnet_offload: the ControlNet leaves the device before the stage allocates anything
+        # and comes back once the stage's tensors are gone.
+        with model.controlnet_on_host() if config.controlnet_offload else nullcontext():
+            result = _train(model, recipe, names, latents, text_embeddings, poses, config, callback, shuffle,
+                            permutation, plan, scheduler, result, window)
     model.keep_masters(result.state)  # a later stage or a resumed run starts from them
     return result
 
@@ -316,10 +319,7 @@ def _train(model, recipe, names, latents, text_embeddings, poses, config, callba
     clip = latents.shape[0]
     n = clip if window is None else window  # frames per step
     stage = recipe.stage
-    # The ControlNet leaves the device before the training mode's copies are made, and comes back
-    # after they are gone (lever controlnet_offload).
-    cn_offload = model.controlnet_on_host() if config.controlnet_offload else nullcontext()
-    with cn_offload, _training_mode(model, names, config) as trained:
+    with _training_mode(model, names, config) as trained:
         optimizer = make_optimizer(trained, config, device)
         offload = (torch.autograd.graph.save_on_cpu(pin_memory=device.type == "cuda") if config.activation_offload
                    else nullcontext())

@@ -302,7 +302,7 @@ class MotionModel(nn.Module):
             yield
             return
         device = self.device
-        moved = {}  # module, kind, name -> the device the tensor came from
+        moved = {}  # module, kind, name -> the device the tensor came from, its host copy
         host = {}
         try:
             for prefix, module in cn.named_modules():
@@ -316,7 +316,7 @@ class MotionModel(nn.Module):
                                 h = torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t.detach())
                             else:
                                 h = t.detach().to("cpu")
-                            moved[(module, kind, name)] = t.device
+                            moved[(module, kind, name)] = t.device, h
                             if kind == "_parameters":
                                 t.data = h  # the Parameter object stays (ComfyUI and the model hold it)
                             else:
@@ -328,11 +328,10 @@ class MotionModel(nn.Module):
             yield
         finally:
             self._controlnet_host = None
-            for (module, kind, name), home in moved.items():
-                t = getattr(module, kind)[name]
-                back = t.detach().to(home, copy=True)
+            for (module, kind, name), (home, h) in moved.items():
+                back = h.to(home, copy=True)  # from the host tensor itself (the estimate counts no alias of it)
                 if kind == "_parameters":
-                    t.data = back
+                    getattr(module, kind)[name].data = back
                 else:
                     module._buffers[name] = back
 
