@@ -49,7 +49,8 @@ CONTEXT_GB = 0.5  # CUDA context, cuBLAS/cuDNN handles: not tensors
 OVERHEAD = (0.10, 0.20)  # workspaces and fragmentation on top of the live tensors' peak
 
 #: levers the estimate knows, with the value of each in a default run
-DEFAULT_LEVERS = dict(gradient_checkpointing=True, optimizer="adamw", rollback="host", activation_offload=False)
+DEFAULT_LEVERS = dict(gradient_checkpointing=True, optimizer="adamw", rollback="host", activation_offload=False,
+                      controlnet_offload=False)
 PHASES = ("stage1", "stage2", "inversion", "sampling")  # sampling: the method's sampler
 SAMPLERS = ("two_branch", "single_branch")  # either sampler, whatever the method
 
@@ -198,8 +199,9 @@ class _FakeDevice(TorchDispatchMode):
     * A value read from a device tensor on the host (``.item()``, ``bool()``) is what a healthy run
       reads: ``any`` is False (no NaN found), ``all`` and ``equal`` are True, other numbers 1 (a
       finite loss, a step count).
-    * A copy to the host (rollback copy, tuned state, activation offload) becomes a data-less tensor
-      that :class:`LiveBytes` does not count on the device; pinning is a no-op.
+    * A copy to the host (rollback copy, tuned state, activation offload, the ControlNet's weights
+      under ControlNet offload) becomes a data-less tensor that :class:`LiveBytes` does not count on
+      the device; pinning is a no-op. A copy of it back to the device is counted again.
     """
 
     def __init__(self):
@@ -296,6 +298,7 @@ class Job:
     optimizer: str = "adamw"
     rollback: str = "host"
     activation_offload: bool = False
+    controlnet_offload: bool = False  # tuning: the ControlNet's weights on the host, copied per call
     weight_dtype: torch.dtype = torch.bfloat16  # storage (and autocast) dtype of the weights
     guidance: float = 1.0
     block: int = CUDA_BLOCK  # allocator granularity (1 to count exact bytes)
@@ -377,7 +380,7 @@ def _phase_runner(job: Job, model, d: dict, phase: str) -> Callable[[], object]:
         # two steps: the second runs with the optimizer's state allocated
         cfg = TuneConfig(steps=2, precision=job.precision, gradient_checkpointing=job.gradient_checkpointing,
                          optimizer=job.optimizer, rollback=job.rollback, activation_offload=job.activation_offload,
-                         context=job.context)
+                         controlnet_offload=job.controlnet_offload, context=job.context)
         return lambda: tune_stage(model, int(phase[-1]), d["latents"], d["emb"], d["poses"], cfg)
     uncond = d["emb2"] if job.guidance > 1 else None
     if phase == "inversion":
@@ -446,11 +449,19 @@ def measure_real(job: Job, phase: str) -> dict:
     """The same phase on real CPU tensors (a small model): the peak of the same tracker, and the
     peak of torch's CPU allocator from the profiler's memory events (an independent count; it also
     sees host-side tensors such as random numbers and rollback copies, which the tracker of a
-    device leaves out), both with the weights included."""
+    device leaves out), both with the weights included.
+
+    With ``job.controlnet_offload`` (a tuning phase) the ControlNet's weights stand for the host copy
+    a GPU run keeps (on the CPU they stay in place): the tracker leaves them out, and counts the
+    copies each step makes of them for the ControlNet's forward."""
     job.check()
     model, d = _build(job, "cpu")
     run = _phase_runner(job, model, d, phase)
-    tracker = LiveBytes("cpu", job.block)
+    skip = WeakTensorKeyDictionary()
+    if job.controlnet_offload and phase in ("stage1", "stage2") and model.controlnet is not None:
+        for t in (*model.controlnet.parameters(), *model.controlnet.buffers()):
+            skip[t] = True
+    tracker = LiveBytes("cpu", job.block, skip=skip)
     tracker.track(model)
     weights = tracker.live
     # The inputs: a GPU run copies them to the device (the estimate counts those copies); on the CPU
@@ -500,6 +511,9 @@ LEVER_SETS = {
     "adamw8bit": dict(optimizer="adamw8bit"),
     "offload": dict(activation_offload=True),
     "adamw8bit+offload": dict(optimizer="adamw8bit", activation_offload=True),
+    "controlnet offload": dict(controlnet_offload=True),
+    "controlnet offload+adamw8bit": dict(controlnet_offload=True, optimizer="adamw8bit"),
+    "controlnet offload+offload": dict(controlnet_offload=True, activation_offload=True),
     "no checkpointing": dict(gradient_checkpointing=False),
     "rollback on device": dict(rollback="device"),
 }
@@ -516,6 +530,9 @@ def add_arguments(p) -> None:
                    help="where tuning keeps the copy that undoes a failed stage (device = the old behaviour)")
     p.add_argument("--activation-offload", action="store_true",
                    help="keep activations saved for the backward pass on the host (torch save_on_cpu)")
+    p.add_argument("--controlnet-offload", action="store_true",
+                   help="tuning: keep the frozen ControlNet's weights on the host, copied to the device for its "
+                        "forward in each step only")
     p.add_argument("--window", type=int, default=0,
                    help="long clips: frames per tuning step and per inversion/sampling window (0: the whole clip at "
                         "once); with --estimate-memory, estimates a clip of --frames frames of any length")
@@ -529,7 +546,8 @@ def job_from_args(args, method: str) -> Job:
     dtype = dtype_of("bf16" if args.precision == "auto" else args.precision)  # auto: what a GPU stores
     return Job(method=method, frames=args.frames, resolution=args.resolution, size=args.size,
                gradient_checkpointing=not args.no_checkpointing, optimizer=args.optimizer, rollback=args.rollback,
-               activation_offload=args.activation_offload, weight_dtype=dtype, window=getattr(args, "window", 0),
+               activation_offload=args.activation_offload,
+               controlnet_offload=getattr(args, "controlnet_offload", False), weight_dtype=dtype, window=getattr(args, "window", 0),
                overlap=getattr(args, "overlap", 2))
 
 
@@ -542,7 +560,7 @@ def print_estimate(job: Job, result: dict[str, PhaseEstimate]) -> None:
     print(f"Memory estimate ({job.method}): {job.size} model, {job.frames} frames at {job.resolution}x{job.resolution}, "
           f"{job.precision} weights, checkpointing {'on' if job.gradient_checkpointing else 'off'}, optimizer "
           f"{job.optimizer}, rollback copy on the {job.rollback}, activation offload "
-          f"{'on' if job.activation_offload else 'off'}"
+          f"{'on' if job.activation_offload else 'off'}, ControlNet offload {'on' if job.controlnet_offload else 'off'}"
           + (f", windows of {job.window} frames overlapping by {job.overlap}" if job.window else ""))
     print(f"{'phase':<12}{'weights GB':>12}{'peak live GB':>14}{'device total GB':>18}")
     for name, e in result.items():

@@ -83,6 +83,21 @@ def test_estimate_matches_a_real_cpu_run_within_10_percent(method, phase):
     assert real["allocator_peak_bytes"] >= 0.97 * real["tracker_peak_bytes"]
 
 
+@pytest.mark.parametrize("method,phase", [("eym_v1", "stage1"), ("eym_v2", "stage2")])
+def test_controlnet_offload_estimate_matches_a_real_cpu_run_and_saves_the_controlnet(method, phase):
+    """The ControlNet's weights on the host during tuning: the estimate agrees with a real CPU run
+    (where the tracker leaves the weights out, as a GPU run keeps them on the host, and counts the
+    copies each step makes), and it is lower than without the lever by the ControlNet's bytes."""
+    job = _validation_job(method, controlnet_offload=True)
+    est = memory.estimate(job, (phase,))[phase]
+    real = memory.measure_real(job, phase)
+    assert est.peak_bytes == pytest.approx(real["tracker_peak_bytes"], rel=0.10)
+    without = memory.estimate(_validation_job(method), (phase,))[phase]
+    cn = sum(p.numel() * p.element_size() for p in tiny.build_motion_model("tiny", method=method).controlnet.parameters())
+    assert without.peak_bytes - est.peak_bytes == pytest.approx(cn, rel=0.05)
+    assert est.weights_bytes == without.weights_bytes  # it leaves the device inside the stage
+
+
 def test_rollback_on_the_host_saves_exactly_the_trained_tensors():
     base = dict(method="eym_v1", frames=2, resolution=64, size="tiny")
     host = memory.estimate(memory.Job(**base), ("stage1",))["stage1"]
@@ -102,6 +117,7 @@ def test_levers_lower_the_sd15_estimate():
     assert est(gradient_checkpointing=False) > default
     assert est(activation_offload=True) < default
     assert est(optimizer="adamw8bit") < default if HAS_BNB else True
+    assert est(controlnet_offload=True) < default
 
 
 def test_estimate_memory_command_line(capsys):
@@ -113,8 +129,14 @@ def test_estimate_memory_command_line(capsys):
     out = capsys.readouterr().out
     for word in ("stage1", "stage2", "inversion", "sampling", "job peak", "device total"):
         assert word in out
+    args = p.parse_args(["--estimate-memory", "--size", "tiny", "--frames", "2", "--resolution", "64",
+                         "--method", "eym_v1", "--controlnet-offload"])
+    assert memory.job_from_args(args, "eym_v1").controlnet_offload
+    assert bench.run(args) == 0
+    assert "ControlNet offload on" in capsys.readouterr().out
     args = p.parse_args(["--estimate-memory"])
     bench.check_arguments(args)
+    assert not memory.job_from_args(args, "eym_v2").controlnet_offload  # off unless asked for
     assert (args.size, args.resolution) == ("sd15", 512)  # the paper's job by default
     with pytest.raises(InputError, match="width"):
         memory.Job(width=60).check()
