@@ -14,7 +14,7 @@ from .inference_nodes import (INVERSION_KEY, guidance_input, negative_input, ste
                               keep_background_inputs)
 from .context_nodes import calls_per_step, context_in, context_input
 from .memory_guard import ensure_fits
-from .tuning_nodes import tuning_inputs, run_tuning_node, memory_inputs
+from .tuning_nodes import controlnet_offload_input, tuning_inputs, run_tuning_node, memory_inputs
 
 log = logging.getLogger("edit_your_motion")
 
@@ -46,15 +46,16 @@ class STLStage1:
             "source_poses": ("IMAGE", {"tooltip": "Pose images of the source video, one per frame (EYM Extract Poses)."}),
         }
         required.update(tuning_inputs("Optimisation steps (paper: 300, its best setting in Table V)."))
-        return {"required": required, "optional": {**memory_inputs(), **context_input()}}
+        return {"required": required, "optional": {**memory_inputs(), **context_input(), **controlnet_offload_input()}}
 
     def run(self, video_model, masked_latent, source_conditioning, source_poses, steps, learning_rate, seed,
             precision, gradient_checkpointing, control_strength, optimizer="adamw", activation_offload=False,
-            context=None):
+            context=None, controlnet_offload="auto"):
         config = _stl_config(steps, learning_rate, seed, precision, gradient_checkpointing, control_strength,
                              optimizer, activation_offload, context)
         return run_tuning_node(1, video_model, masked_latent, source_conditioning, source_poses, "source_conditioning",
-                     "masked_latent", config, method="eym_v2", node="EYM STL Stage 1")
+                     "masked_latent", config, method="eym_v2", node="EYM STL Stage 1",
+                     controlnet_offload=controlnet_offload)
 
 
 class STLStage2:
@@ -77,14 +78,15 @@ class STLStage2:
             "source_poses": ("IMAGE", {"tooltip": "Pose images of the source video, one per frame."}),
         }
         required.update(tuning_inputs("Optimisation steps (paper: 300)."))
-        return {"required": required, "optional": {**memory_inputs(), **context_input()}}
+        return {"required": required, "optional": {**memory_inputs(), **context_input(), **controlnet_offload_input()}}
 
     def run(self, video_model, latent, source_conditioning, source_poses, steps, learning_rate, seed, precision,
-            gradient_checkpointing, control_strength, optimizer="adamw", activation_offload=False, context=None):
+            gradient_checkpointing, control_strength, optimizer="adamw", activation_offload=False, context=None,
+            controlnet_offload="auto"):
         config = _stl_config(steps, learning_rate, seed, precision, gradient_checkpointing, control_strength,
                              optimizer, activation_offload, context)
         return run_tuning_node(2, video_model, latent, source_conditioning, source_poses, "source_conditioning", "latent",
-                     config, method="eym_v2", node="EYM STL Stage 2")
+                     config, method="eym_v2", node="EYM STL Stage 2", controlnet_offload=controlnet_offload)
 
 
 class SingleBranchSampler:

@@ -61,6 +61,7 @@ def _needed(est: memory.PhaseEstimate, device: torch.device, model) -> int:
 
 TUNING_LEVERS = {
     "gradient_checkpointing on": dict(gradient_checkpointing=True),
+    "controlnet_offload on": dict(controlnet_offload=True),
     "optimizer adamw8bit (needs bitsandbytes)": dict(optimizer="adamw8bit"),
     "activation_offload on": dict(activation_offload=True),
     "optimizer adamw8bit + activation_offload on": dict(optimizer="adamw8bit", activation_offload=True),
@@ -73,10 +74,27 @@ def ensure_fits(node: str, handle, phase: str, latents: torch.Tensor, guidance: 
     weights (for ``memory_required`` when loading); raise InputError at once when it cannot fit.
     ``context`` (long clips): a step then holds one model call's frames (a tuning window, or the largest
     window batch of inversion and sampling), so the estimate is for those, and the message speaks of
-    the context window rather than the clip.
+    the context window rather than the clip. ``controlnet_offload="auto"`` (tuning): see
+    :func:`ensure_tuning_fits`, which also says what was chosen.
 
     Nothing has changed when it raises: the engine was not loaded, no weight written, no file made.
     """
+    return _fit(node, handle, phase, latents, guidance, context, levers)[0]
+
+
+def ensure_tuning_fits(node: str, handle, phase: str, latents: torch.Tensor, context=None, **levers) -> dict:
+    """:func:`ensure_fits` for a tuning stage; returns the levers to tune with. ``controlnet_offload``
+    ``"auto"`` becomes True or False: the job is first estimated with the ControlNet on the device; when
+    that does not fit in the free memory and the job with the ControlNet offloaded does, the offload is
+    turned on (and logged) instead of refusing. On the CPU (the host is the device) auto is off."""
+    return _fit(node, handle, phase, latents, 1.0, context, levers)[1]
+
+
+def _fit(node, handle, phase, latents, guidance, context, levers) -> tuple[int, dict]:
+    levers = dict(levers)
+    auto = levers.get("controlnet_offload") == "auto"
+    if auto:
+        levers["controlnet_offload"] = False
     windowed = context is not None
     if windowed:
         latents = latents[: frames_per_call(latents.shape[0], context, handle.attention_mode,
@@ -90,12 +108,26 @@ def ensure_fits(node: str, handle, phase: str, latents: torch.Tensor, guidance: 
     if free is None or free >= needed:
         log.info("%s: estimated peak %.2f GB on %s (%.2f GB needed free, %.2f GB free)", node, est.peak_gb, device,
                  needed / memory.GB, (free or 0) / memory.GB)
-        return activations
+        return activations, levers
+    if auto and device.type != "cpu" and model.controlnet is not None:
+        # controlnet_offload auto: the ControlNet's weights on the host, when that makes the job fit
+        levers["controlnet_offload"] = True
+        other = estimate_for(handle, phase, latents, device, guidance=guidance, **levers)
+        other_needed = _needed(other, device, model)
+        if other_needed <= free:
+            log.info("%s: turned on ControlNet offload (controlnet_offload auto): the job needs %.2f GB free with the "
+                     "ControlNet on %s, %.2f GB without it, and %.2f GB are free; each step copies the ControlNet's "
+                     "weights to the device", node, needed / memory.GB, device, other_needed / memory.GB,
+                     free / memory.GB)
+            return int((other.peak_bytes - other.weights_bytes) * (1 + MARGIN)), levers
+        est, needed = other, other_needed  # the refusal speaks of the job as auto would run it
     fits = []
     if phase in ("stage1", "stage2"):
         for label, change in TUNING_LEVERS.items():
             if all(levers.get(k) == v for k, v in change.items()):
                 continue
+            if "controlnet_offload" in change and (device.type == "cpu" or model.controlnet is None):
+                continue  # on the CPU the host is the device: nothing leaves it
             other = estimate_for(handle, phase, latents, device, guidance=guidance, **dict(levers, **change))
             if _needed(other, device, model) <= free:
                 fits.append(f"{label} ({other.peak_gb:.1f} GB)")
@@ -110,6 +142,8 @@ def ensure_fits(node: str, handle, phase: str, latents: torch.Tensor, guidance: 
             break
     hint = ("; these would fit: " + ", ".join(fits)) if fits else \
         "; none of the levers alone makes it fit here: use fewer frames or a lower resolution"
+    if levers.get("controlnet_offload") and auto:
+        hint = " (with the ControlNet offloaded, as controlnet_offload auto would run it)" + hint
     if guidance > 1:
         hint += "; guidance 1 halves the batch"
     h, w = latents.shape[-2] * 8, latents.shape[-1] * 8

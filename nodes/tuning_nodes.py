@@ -9,7 +9,7 @@ from ..motion_core.method.stages import tune_stage
 from ..motion_core.method.tuner import OPTIMIZERS, SHUFFLE_MODES, TuneConfig, bitsandbytes_adamw8bit
 from . import comfy_bridge as bridge
 from .context_nodes import calls_per_step, context_in, context_input
-from .memory_guard import ensure_fits
+from .memory_guard import ensure_tuning_fits
 from .handle import (
     CATEGORY, MODEL_TYPE, PERMUTATION_TYPE, activated, check_handle, embedding, latents_in, pose_hint,
     training_precision,
@@ -52,6 +52,15 @@ OFFLOAD_TOOLTIP = (
     "about -1 GB at 8 x 512x512, paid for with copies over PCIe every step. Results are the same."
 )
 
+CONTROLNET_OFFLOAD_TOOLTIP = (
+    "Where the frozen ControlNet's weights wait while the UNet trains. on: in host memory; each step copies them "
+    "to the GPU for the ControlNet's forward only (SD1.5 in bf16: about 0.7 GB over PCIe per step, a few % of a step "
+    "on an 8 GB card, and 0.7 GB of pinned host memory), so the UNet's training has that much more room. off: on "
+    "the GPU for the whole stage. auto: off, unless the stage would not fit in the free GPU memory otherwise and "
+    "fits with it on (never on the CPU). Results are the same."
+)
+CONTROLNET_OFFLOAD = ("auto", "on", "off")
+
 
 def memory_inputs() -> dict:
     """Optional inputs of every tuning node: the memory levers (defaults = the paper's setup)."""
@@ -61,10 +70,20 @@ def memory_inputs() -> dict:
     }
 
 
+def controlnet_offload_input() -> dict:
+    """The last optional input of every tuning node (added after the others: saved workflows keep their
+    widget values in place)."""
+    return {"controlnet_offload": (list(CONTROLNET_OFFLOAD), {"default": "auto", "tooltip": CONTROLNET_OFFLOAD_TOOLTIP})}
+
+
 def run_tuning_node(stage: int, video_model, latent, conditioning, poses, cond_name: str, latent_name: str,
-                    config: TuneConfig, permutation=None, method: str = "eym_v1", node: str = ""):
+                    config: TuneConfig, permutation=None, method: str = "eym_v1", node: str = "",
+                    controlnet_offload: str = "auto"):
     """What every tuning node runs (both methods, both stages): check the inputs, ask ComfyUI for the memory,
-    tune ``stage`` of ``method`` on the handle's model; returns the node output (the handle with that stage)."""
+    tune ``stage`` of ``method`` on the handle's model; returns the node output (the handle with that stage).
+    ``controlnet_offload``: ``on``, ``off`` or ``auto`` (on only when the stage needs it to fit)."""
+    if controlnet_offload not in CONTROLNET_OFFLOAD:
+        raise InputError(f"controlnet_offload must be one of {', '.join(CONTROLNET_OFFLOAD)}; got {controlnet_offload!r}")
     # the bar shows from the first second; its 3 set-up units cover what runs before the first step
     progress = bridge.Progress(config.steps, f"Edit-Your-Motion stage {stage}", prepare=3)
     handle = check_handle(video_model, "video_model")
@@ -86,9 +105,11 @@ def run_tuning_node(stage: int, video_model, latent, conditioning, poses, cond_n
         bitsandbytes_adamw8bit()  # not installed: say so before anything is unloaded
     progress.phase("freeing the device (unloading ComfyUI's other models)")
     bridge.unload_other_models()
-    ensure_fits(node or f"Edit-Your-Motion stage {stage}", handle, f"stage{stage}", latents,
-                gradient_checkpointing=config.gradient_checkpointing, optimizer=config.optimizer,
-                activation_offload=config.activation_offload, context=config.context)
+    levers = ensure_tuning_fits(node or f"Edit-Your-Motion stage {stage}", handle, f"stage{stage}", latents,
+                                gradient_checkpointing=config.gradient_checkpointing, optimizer=config.optimizer,
+                                activation_offload=config.activation_offload, context=config.context,
+                                controlnet_offload={"on": True, "off": False}.get(controlnet_offload, "auto"))
+    config.controlnet_offload = levers["controlnet_offload"]
     progress.phase("moving the video model to the device")
     with activated(handle, trains=True) as model:
         progress.phase("building the optimiser and running the first step")
@@ -129,16 +150,18 @@ class TuneStage1:
             **memory_inputs(),
             **context_input(),
             "permutation": (PERMUTATION_TYPE, {"tooltip": "A frame order from EYM Shuffle Frames: stage 1 then trains on this fixed order (shuffle per_step or fixed; refused with none). It must order exactly this clip's frames."}),
+            **controlnet_offload_input(),
         }}
 
     def run(self, video_model, masked_latent, content_conditioning, source_poses, steps, learning_rate, seed,
             precision, gradient_checkpointing, control_strength, shuffle, permutation=None, optimizer="adamw",
-            activation_offload=False, context=None):
+            activation_offload=False, context=None, controlnet_offload="auto"):
         config = TuneConfig(steps=steps, learning_rate=learning_rate, seed=seed, precision=precision,
                             gradient_checkpointing=gradient_checkpointing, shuffle=shuffle, control_scale=control_strength,
                             optimizer=optimizer, activation_offload=activation_offload, context=context)
         return run_tuning_node(1, video_model, masked_latent, content_conditioning, source_poses, "content_conditioning",
-                     "masked_latent", config, permutation, node="EYM Stage 1 Tuning")
+                     "masked_latent", config, permutation, node="EYM Stage 1 Tuning",
+                     controlnet_offload=controlnet_offload)
 
 
 class TuneStage2:
@@ -165,17 +188,17 @@ class TuneStage2:
             "default": 0.9, "min": 0.0, "max": 1.0, "step": 0.01,
             "tooltip": "lambda in (1 - lambda) * L_noise + lambda * L_rec (paper: 0.9). Lower values smooth the motion more.",
         })
-        return {"required": required, "optional": {**memory_inputs(), **context_input()}}
+        return {"required": required, "optional": {**memory_inputs(), **context_input(), **controlnet_offload_input()}}
 
     def run(self, video_model, latent, source_conditioning, source_poses, steps, learning_rate, seed, precision,
             gradient_checkpointing, control_strength, noise_constraint_lambda, optimizer="adamw",
-            activation_offload=False, context=None):
+            activation_offload=False, context=None, controlnet_offload="auto"):
         config = TuneConfig(steps=steps, learning_rate=learning_rate, seed=seed, precision=precision,
                             gradient_checkpointing=gradient_checkpointing, lam=noise_constraint_lambda,
                             control_scale=control_strength, optimizer=optimizer, activation_offload=activation_offload,
                             context=context)
         return run_tuning_node(2, video_model, latent, source_conditioning, source_poses, "source_conditioning", "latent", config,
-                     node="EYM Stage 2 Tuning")
+                     node="EYM Stage 2 Tuning", controlnet_offload=controlnet_offload)
 
 
 NODE_CLASS_MAPPINGS = {"EYM_TuneStage1": TuneStage1, "EYM_TuneStage2": TuneStage2}
