@@ -32,13 +32,13 @@ WORKFLOW = PACK_ROOT / "example_workflows" / "api" / "edit_your_motion_api.json"
 # Node ids of the shipped API workflow and the class each must have.
 NODES = {
     "checkpoint": ("1", "CheckpointLoaderSimple"), "controlnet": ("2", "ControlNetLoader"),
-    "source_video": ("4", "LoadVideo"), "source_frames": ("6", "ImageFromBatch"), "source_size": ("7", "ImageScale"),
-    "reference_video": ("8", "LoadVideo"), "reference_frames": ("10", "ImageFromBatch"),
+    "source_video": ("4", "LoadVideo"), "source_frames": ("6", "EYM_SelectFrames"), "source_size": ("7", "ImageScale"),
+    "reference_video": ("8", "LoadVideo"), "reference_frames": ("10", "EYM_SelectFrames"),
     "reference_size": ("11", "ImageScale"), "source_pose": ("12", "EYM_ExtractPoses"),
     "reference_pose": ("13", "EYM_ExtractPoses"), "content_prompt": ("19", "CLIPTextEncode"),
     "source_prompt": ("20", "CLIPTextEncode"), "target_prompt": ("21", "CLIPTextEncode"),
     "stage1": ("22", "EYM_TuneStage1"), "stage2": ("23", "EYM_TuneStage2"), "inversion": ("25", "EYM_DDIMInversion"),
-    "sampler": ("26", "EYM_TwoBranchSampler"), "save": ("29", "SaveVideo"),
+    "sampler": ("26", "EYM_TwoBranchSampler"), "save": ("29", "SaveVideo"), "context": ("33", "EYM_ContextOptions"),
 }
 MODEL_FILES = (("checkpoints", "checkpoint"), ("controlnet", "controlnet"))
 # stdlib only here (the test harness loads this file on its own): the pins of mediapipe_detector.py
@@ -73,7 +73,12 @@ def add_edit_arguments(p) -> None:
                         "mediapipe), openpose or mediapipe")
     i.add_argument("--openpose-model", default="body_pose_model.pth", help="OpenPose body model in ComfyUI/models/openpose")
     s = p.add_argument_group("settings (paper defaults)")
-    s.add_argument("--frames", type=int, default=8)
+    s.add_argument("--frames", type=int, default=48,
+                   help="frames taken from each video at --fps (8 is the paper's clip; longer clips are edited in "
+                        "context windows of 8 frames)")
+    s.add_argument("--fps", type=float, default=12.0,
+                   help="take every k-th frame of each video so it plays at about this rate (0: every frame); "
+                        "the edit is saved at that rate")
     s.add_argument("--size", type=int, default=512, help="frame width and height (divisible by 8)")
     s.add_argument("--stage1-steps", type=int, default=300)
     s.add_argument("--stage2-steps", type=int, default=300)
@@ -105,7 +110,7 @@ def fill_workflow(graph: dict, args, source_name: str, reference_name: str) -> d
     put("source_video", file=source_name)
     put("reference_video", file=reference_name)
     for n in ("source_frames", "reference_frames"):
-        put(n, length=args.frames)
+        put(n, frames=args.frames, target_fps=args.fps)
     for n in ("source_size", "reference_size"):
         put(n, width=args.size, height=args.size)
     for n in ("source_pose", "reference_pose"):
@@ -340,6 +345,8 @@ def invalid_settings(args) -> list[str]:
         bad.append(f"--size {args.size} must be a positive multiple of 8, e.g. {max(8, args.size // 8 * 8)}")
     if args.frames < 1:
         bad.append(f"--frames {args.frames} must be >= 1")
+    if not args.fps >= 0:
+        bad.append(f"--fps {args.fps} must be 0 (every frame) or more")
     for flag in ("stage1_steps", "stage2_steps", "ddim_steps"):
         if getattr(args, flag) < 1:
             bad.append(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be >= 1")

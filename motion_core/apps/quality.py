@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="long clips: frames per tuning step and per sampling window (default 8, the paper's clip)")
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="long clips: frames shared by sampling windows")
     p.add_argument("--fuse", default="pyramid", choices=FUSE_MODES, help="long clips: how overlapping windows are fused")
+    p.add_argument("--sample-window", type=int, default=None,
+                   help="long clips: inversion and sampling windows of this length instead of --window (0: the whole "
+                        "clip in one model call, the temporal layers over all frames), tuning still in --window")
     p.add_argument("--json", default=None, help="write the results as JSON here")
     p.add_argument("--output", default="quality_output", help="folder for the per-case grids and animations")
     p.add_argument("--weights", default=None, help="world base model file (default: the shipped one)")
@@ -72,6 +75,16 @@ def settings_from(args) -> P.Settings:
         s.context.validate()
     except InputError as exc:
         raise SystemExit(f"--window/--overlap: {exc}") from None
+    sample_window = getattr(args, "sample_window", None)
+    if sample_window is not None:
+        if sample_window == 0:
+            s.sample_context = "whole"
+        else:
+            s.sample_context = ContextOptions(sample_window, min(overlap, sample_window - 1), s.context.fuse)
+            try:
+                s.sample_context.validate()
+            except InputError as exc:
+                raise SystemExit(f"--sample-window: {exc}") from None
     return s
 
 
@@ -161,11 +174,15 @@ def _run_case(job) -> tuple[int, dict, dict]:
     torch.manual_seed(seed * 100_003 + c)
     case = make_case(seed, c, frames)
     # long clips: the sampling windows' borders, where seam_flicker looks
-    borders = settings.context.borders(frames) if settings.context is not None else None
+    sampling = settings.sampling_context
+    borders = sampling.borders(frames) if sampling is not None else None
     inputs = P.CaseInputs.build(case, models)
     cache_file = None
     if tuned_cache:
-        cache_file = Path(tuned_cache) / (f"seed{seed}_case{c}_frames{frames}_steps{settings.stage_steps}"
+        # tuned in windows shorter than the clip: the window is part of what was tuned
+        tuned_window = settings.context.window(frames) if settings.context is not None else frames
+        window_tag = f"_window{tuned_window}" if tuned_window < frames else ""
+        cache_file = Path(tuned_cache) / (f"seed{seed}_case{c}_frames{frames}{window_tag}_steps{settings.stage_steps}"
                                           f"_lr{settings.learning_rate:g}.pt")
         if cache_file.exists():
             inputs.cache.update(torch.load(cache_file, map_location="cpu"))

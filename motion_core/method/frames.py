@@ -7,6 +7,7 @@ Frames are ComfyUI IMAGE batches ``(n, H, W, C)`` float in 0..1, masks ``(n, H, 
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,29 @@ def check_permutation(perm: torch.Tensor, num_frames: int | None = None, name: s
         raise InputError(f"{name} orders {n} frames but the clip has {num_frames}; make the permutation from this clip")
     if not torch.equal(perm.sort().values.cpu().long(), torch.arange(n)):
         raise InputError(f"{name} is not a permutation of 0..{n - 1}")
+
+
+def frame_stride(fps: float | None, target_fps: float) -> int:
+    """Take every ``k``-th frame so that ``fps / k`` comes closest to ``target_fps`` (never a rate
+    above the clip's own): 1 when either rate is unknown (``None`` or ``<= 0``) or the clip is not
+    faster than the target. E.g. 24 fps to 12 -> 2, 30 fps to 12 -> 2 (15 fps), 30 fps to 8 -> 4 (7.5)."""
+    if fps is None or not math.isfinite(fps) or fps <= 0 or target_fps <= 0 or fps <= target_fps:
+        return 1
+    return max(1, round(fps / target_fps))
+
+
+def select_frames(count: int, every: int, frames: int = 0, start: int = 0) -> torch.Tensor:
+    """Indices of the frames taken from a clip of ``count`` frames: from ``start``, every ``every``-th
+    frame, at most ``frames`` of them (0: all there are). Raises when none can be taken."""
+    if every < 1:
+        raise InputError(f"every_nth must be at least 1; got {every}")
+    if frames < 0 or start < 0:
+        raise InputError(f"frames and start_frame must be 0 or more; got frames={frames}, start_frame={start}")
+    if start >= count:
+        raise InputError(f"start_frame is {start} but the clip has {count} frames (0..{count - 1}); "
+                         f"lower start_frame")
+    taken = torch.arange(start, count, every)
+    return taken if frames == 0 else taken[:frames]
 
 
 def permute_frames(perm: torch.Tensor, **tensors: torch.Tensor | None) -> dict[str, torch.Tensor | None]:

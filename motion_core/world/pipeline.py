@@ -52,6 +52,16 @@ class Settings:
     #: long clips (beyond the paper): a :class:`~motion_core.method.windows.ContextOptions` for tuning,
     #: inversion and sampling; None, or a window at least the clip's length: the whole clip at once
     context: object = None
+    #: inversion and sampling only, when set (``quality --sample-window``): e.g. tuning in windows while
+    #: inversion and sampling run over the whole clip at once ("whole"); None: ``context``
+    sample_context: object = None
+
+    @property
+    def sampling_context(self):
+        """The context of inversion and sampling: ``sample_context`` ("whole": no windows) or ``context``."""
+        if self.sample_context == "whole":
+            return None
+        return self.sample_context if self.sample_context is not None else self.context
 
     def as_dict(self) -> dict:
         """The settings as plain values (the context as a dict), for JSON."""
@@ -166,19 +176,19 @@ def _v1_full(inputs, settings, mode, lam=0.9, stage1=True):
 
 def _two_branch(model, inputs, settings, *, hints=None, injection="concat", inject=True):
     z_t = ddim_invert(model, inputs.latents, inputs.p_s, inputs.source_hints,
-                      num_steps=settings.ddim_steps, context=settings.context)
+                      num_steps=settings.ddim_steps, context=settings.sampling_context)
     cfg = SamplerConfig(num_steps=settings.ddim_steps, kv_injection=injection,
                         inject_start=0.0 if inject else 1.0, inject_end=1.0)
     ref = inputs.reference_hints if hints is None else hints
     return two_branch_sample(model, z_t, inputs.p_s, inputs.p_t, inputs.source_hints, ref, cfg,
-                             context=settings.context).edited
+                             context=settings.sampling_context).edited
 
 
 def _single_branch(model, inputs, settings):
     z_t = ddim_invert(model, inputs.latents, inputs.p_s, inputs.source_hints,
-                      num_steps=settings.ddim_steps, context=settings.context)
+                      num_steps=settings.ddim_steps, context=settings.sampling_context)
     return ddim_sample(model, z_t, inputs.p_t, inputs.reference_hints,
-                      num_steps=settings.ddim_steps, context=settings.context)
+                      num_steps=settings.ddim_steps, context=settings.sampling_context)
 
 
 # ----------------------------------------------------------------------------- beyond the paper
@@ -220,7 +230,7 @@ def keeper_for(inputs: CaseInputs, trajectory: torch.Tensor, enh: Enhancements, 
 
 def _invert(model, inputs, settings):
     return ddim_invert_trajectory(model, inputs.latents, inputs.p_s, inputs.source_hints,
-                      num_steps=settings.ddim_steps, context=settings.context)
+                      num_steps=settings.ddim_steps, context=settings.sampling_context)
 
 
 def run_eym_v1_enhanced(models, inputs, settings, progress=None, enh: Enhancements = ENHANCED):
@@ -231,7 +241,7 @@ def run_eym_v1_enhanced(models, inputs, settings, progress=None, enh: Enhancemen
                         mask_split_kv=enh.mask_split_kv and enh.keep_background,
                         control_boost=enh.control_boost, control_boost_until=enh.control_boost_until)
     return two_branch_sample(model, z_t, inputs.p_s, inputs.p_t, inputs.source_hints, inputs.reference_hints, cfg,
-                             keep=keeper_for(inputs, traj, enh, settings.seed), context=settings.context).edited
+                             keep=keeper_for(inputs, traj, enh, settings.seed), context=settings.sampling_context).edited
 
 
 def run_eym_v2_enhanced(models, inputs, settings, progress=None, enh: Enhancements = ENHANCED):
@@ -241,7 +251,7 @@ def run_eym_v2_enhanced(models, inputs, settings, progress=None, enh: Enhancemen
     model = _tuned_v2(models, inputs, settings, "eym_v2", progress)
     z_t, traj = _invert(model, inputs, settings)
     return single_branch_sample(model, z_t, inputs.p_t, inputs.reference_hints, num_steps=settings.ddim_steps,
-                                keep=keeper_for(inputs, traj, enh, settings.seed), context=settings.context)
+                                keep=keeper_for(inputs, traj, enh, settings.seed), context=settings.sampling_context)
 
 
 def run_eym_v1(models, inputs, settings, progress=None, mode="rc", **sample):
@@ -274,9 +284,9 @@ def run_eym_v2(models, inputs, settings, progress=None, variant="eym_v2"):
 
     model = _tuned_v2(models, inputs, settings, variant, progress)
     z_t = ddim_invert(model, inputs.latents, inputs.p_s, inputs.source_hints,
-                      num_steps=settings.ddim_steps, context=settings.context)
+                      num_steps=settings.ddim_steps, context=settings.sampling_context)
     return single_branch_sample(model, z_t, inputs.p_t, inputs.reference_hints,
-                      num_steps=settings.ddim_steps, context=settings.context)
+                      num_steps=settings.ddim_steps, context=settings.sampling_context)
 
 
 #: each option beyond the paper -> the Enhancements without it (its ablation row)
@@ -327,7 +337,7 @@ def _method_table() -> dict[str, tuple[int, Callable]]:
         gen = torch.Generator().manual_seed(s.seed)
         noise = torch.randn(i.latents.shape, generator=gen)
         return ddim_sample(model, noise, i.p_t, i.reference_hints, num_steps=s.ddim_steps,
-                           guidance=s.baseline_guidance, uncond_embeddings=i.uncond, context=s.context)
+                           guidance=s.baseline_guidance, uncond_embeddings=i.uncond, context=s.sampling_context)
 
     def no_tuning(m, i, s, p):
         return _single_branch(m.motion_model("rc"), i, s)

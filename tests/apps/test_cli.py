@@ -133,12 +133,13 @@ def test_fill_workflow_puts_every_setting_in_its_node():
     graph = headless.load_workflow()
     args = _args(checkpoint="my.safetensors", controlnet="cn.safetensors", content_prompt="a girl",
                  source_prompt="a girl is running", target_prompt="a girl is jumping", frames=6, size=256,
-                 stage1_steps=11, stage2_steps=12, ddim_steps=13, seed=7)
+                 stage1_steps=11, stage2_steps=12, ddim_steps=13, seed=7, fps=8.0)
     g = headless.fill_workflow(graph, args, "s.mp4", "r.mp4")
     node = lambda name: g[headless.NODES[name][0]]["inputs"]
     assert node("checkpoint")["ckpt_name"] == "my.safetensors" and node("controlnet")["control_net_name"] == "cn.safetensors"
     assert node("source_video")["file"] == "s.mp4" and node("reference_video")["file"] == "r.mp4"
-    assert node("source_frames")["length"] == node("reference_frames")["length"] == 6
+    assert node("source_frames")["frames"] == node("reference_frames")["frames"] == 6
+    assert node("source_frames")["target_fps"] == node("reference_frames")["target_fps"] == 8.0
     assert node("source_size")["width"] == node("reference_size")["height"] == 256
     assert [node(n)["text"] for n in ("content_prompt", "source_prompt", "target_prompt")] == \
         ["a girl", "a girl is running", "a girl is jumping"]
@@ -147,6 +148,10 @@ def test_fill_workflow_puts_every_setting_in_its_node():
     assert node("source_pose")["detector"] == node("reference_pose")["detector"] == "auto"
     assert node("source_pose")["openpose_model"] == "body_pose_model.pth"
     assert graph[headless.NODES["stage1"][0]]["inputs"]["steps"] == 300  # the shipped graph is untouched
+    # by default the shipped long-clip settings: 48 frames at about 12 fps, in context windows of 8
+    d = headless.fill_workflow(graph, _args(), "s.mp4", "r.mp4")
+    assert (d["6"]["inputs"]["frames"], d["6"]["inputs"]["target_fps"]) == (48, 12.0)
+    assert d["22"]["inputs"]["context"] == d["26"]["inputs"]["context"] == [headless.NODES["context"][0], 0]
     with pytest.raises(SystemExit, match="divisible by 8"):
         headless.fill_workflow(graph, _args(size=250), "s.mp4", "r.mp4")
 

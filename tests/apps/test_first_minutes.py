@@ -92,18 +92,24 @@ def _decode(path: Path) -> tuple[np.ndarray, float]:
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
 def test_workflow_opens_with_shipped_sample_inputs(path, defs):
     """Every file a workflow's loaders name ships in example_workflows/input/, in the UI and the API file, and
-    is what the graph needs: videos with at least the frames Get Image from Batch takes, an image."""
+    is what the graph needs: videos with at least the frames EYM Select Frames takes at its rate, an image."""
     ui = tw._load(path)
     files = _input_files(ui)
     assert files and all((SAMPLES / name).is_file() for name in files), files
     api = tw._load(tw._twin(path))
     assert {n["inputs"].get("file") or n["inputs"].get("image") for n in api.values()
             if n["class_type"] in ("LoadVideo", "LoadImage")} == set(files)
-    taken = max(tw.ui_widget_values(n, defs["ImageFromBatch"])["length"] for n in ui["nodes"] if n["type"] == "ImageFromBatch")
+    from edit_your_motion.motion_core.method.frames import frame_stride
+
+    selects = [tw.ui_widget_values(n, defs["EYM_SelectFrames"]) for n in ui["nodes"] if n["type"] == "EYM_SelectFrames"]
+    assert selects
     for name, node_type in files.items():
         if node_type == "LoadVideo":
             frames, fps = _decode(SAMPLES / name)
-            assert frames.shape[0] >= taken and frames.shape[1:] == (512, 512, 3) and fps == 8.0
+            assert frames.shape[1:] == (512, 512, 3) and fps == 24.0
+            for sel in selects:  # every Select Frames node gets all the frames it asks for, at its rate
+                every = frame_stride(fps, sel["target_fps"])
+                assert frames.shape[0] >= sel["start_frame"] + (sel["frames"] - 1) * every + 1, (name, sel, every)
             assert frames.std() > 20 and np.abs(np.diff(frames.astype(np.int16), axis=0)).mean() > 0.5  # it moves
         else:
             import cv2

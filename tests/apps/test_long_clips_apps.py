@@ -53,3 +53,26 @@ def test_memory_estimate_of_a_windowed_clip_holds_one_window():
     for phase in ("stage1", "sampling"):
         above = lambda e: e.peak_bytes - e.weights_bytes
         assert above(windowed[phase]) < 0.6 * above(whole[phase]), phase
+
+
+def test_quality_sample_window_sets_only_the_sampling_context():
+    """``quality --sample-window``: tuning keeps --window, inversion and sampling get their own windows,
+    0 the whole clip at once (no context); without it both use --window."""
+    from edit_your_motion.motion_core.apps import quality
+    from edit_your_motion.motion_core.method.windows import ContextOptions
+
+    def settings(argv):
+        p = argparse.ArgumentParser()
+        quality.add_arguments(p)
+        return quality.settings_from(p.parse_args(argv))
+
+    plain = settings(["--frames", "32"])
+    assert plain.sample_context is None and plain.sampling_context is plain.context
+    assert plain.context == ContextOptions(8, 2, "pyramid")
+    whole = settings(["--frames", "32", "--sample-window", "0"])
+    assert whole.context == ContextOptions(8, 2, "pyramid") and whole.sampling_context is None
+    longer = settings(["--frames", "32", "--sample-window", "16", "--overlap", "4"])
+    assert longer.context == ContextOptions(8, 4, "pyramid") and longer.sampling_context == ContextOptions(16, 4, "pyramid")
+    assert longer.as_dict()["sample_context"]["length"] == 16 and whole.as_dict()["sample_context"] == "whole"
+    with pytest.raises(SystemExit, match="--sample-window"):
+        settings(["--sample-window", "1"])

@@ -3,9 +3,9 @@
 All three come from scikit-image's astronaut photograph (Eileen Collins, NASA: public domain, shipped
 in the scikit-image wheel); nothing is downloaded:
 
-* ``eym_sample_astronaut.mp4``: the source clip, 8 frames at 8 fps, 512x512, a slow push-in on the
+* ``eym_sample_astronaut.mp4``: the source clip, 96 frames at 24 fps (4 s), 512x512, a slow push-in on the
   photograph (the person, clothes and background to keep);
-* ``eym_sample_astronaut_sway.mp4``: the reference clip, 8 frames at 8 fps, 512x512: the photograph
+* ``eym_sample_astronaut_sway.mp4``: the reference clip, 96 frames at 24 fps, 512x512: the photograph
   mirrored, smaller, standing further right and swaying from side to side on a grey backdrop (the
   motion; a different place and size than the source, which EYM Align Skeleton corrects);
 * ``eym_sample_astronaut.jpg``: the source image of the single-image workflow.
@@ -31,7 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "example_workflows" / "input"
-SIZE, FRAMES, FPS = 512, 8, 8
+SIZE, FRAMES, FPS = 512, 96, 24
 
 SOURCE_VIDEO = "eym_sample_astronaut.mp4"
 REFERENCE_VIDEO = "eym_sample_astronaut_sway.mp4"
@@ -50,11 +50,11 @@ def source_frames(photo: np.ndarray) -> np.ndarray:
 
 def reference_frames(photo: np.ndarray) -> np.ndarray:
     """The mirrored photograph at 70% size, its bottom centre at (62%, 100%) of the frame, swaying
-    +-10 degrees about that point over one cycle."""
+    +-10 degrees about that point, one cycle every two seconds."""
     mirrored = np.ascontiguousarray(photo[:, ::-1])
     out = []
     for i in range(FRAMES):
-        angle = 10.0 * np.sin(2 * np.pi * i / FRAMES)
+        angle = 10.0 * np.sin(np.pi * i / FPS)
         m = cv2.getRotationMatrix2D((SIZE / 2, SIZE), angle, 0.7)
         m[0, 2] += SIZE * 0.12  # move the pivot from x = 50% to 62%
         out.append(cv2.warpAffine(mirrored, m, (SIZE, SIZE), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_CONSTANT,
@@ -63,14 +63,14 @@ def reference_frames(photo: np.ndarray) -> np.ndarray:
 
 
 def write_mp4(path: Path, frames: np.ndarray) -> None:
-    """H.264 (yuv420p, crf 23), written to a temporary name and renamed."""
+    """H.264 (yuv420p, crf 27), written to a temporary name and renamed."""
     import av
 
     tmp = path.with_name("." + path.name + ".tmp.mp4")
     with av.open(str(tmp), "w") as container:
         stream = container.add_stream("libx264", rate=Fraction(FPS))
         stream.width, stream.height, stream.pix_fmt = SIZE, SIZE, "yuv420p"
-        stream.options = {"crf": "23", "preset": "slow"}
+        stream.options = {"crf": "27", "preset": "slow"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)

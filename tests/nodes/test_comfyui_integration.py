@@ -395,7 +395,7 @@ def load_workflow() -> dict:
 
 EXPECTED_CLASSES = {
     "CheckpointLoaderSimple": 1, "ControlNetLoader": 1, "LoadVideo": 2, "GetVideoComponents": 2,
-    "ImageFromBatch": 2, "ImageScale": 2, "EYM_ExtractPoses": 2, "EYM_AlignSkeleton": 1, "EYM_PersonMask": 1,
+    "EYM_SelectFrames": 2, "EYM_ContextOptions": 1, "ImageScale": 2, "EYM_ExtractPoses": 2, "EYM_AlignSkeleton": 1, "EYM_PersonMask": 1,
     "EYM_MaskFrames": 1, "VAEEncode": 2, "CLIPTextEncode": 3, "EYM_LoadVideoModel": 1, "EYM_TuneStage1": 1,
     "EYM_TuneStage2": 1, "EYM_SaveTunedWeights": 1, "EYM_DDIMInversion": 1, "EYM_TwoBranchSampler": 1,
     "VAEDecode": 1, "CreateVideo": 1, "SaveVideo": 1,
@@ -417,8 +417,8 @@ def patch_workflow(graph: dict, base, tag: str, tune_steps=(1, 1), ddim_steps: i
     g[_of_class(g, "ControlNetLoader")[0]]["inputs"]["control_net_name"] = CN_NAME
     g[src_load]["inputs"]["file"] = base.source_video
     g[ref_load]["inputs"]["file"] = base.reference_video
-    for nid in _of_class(g, "ImageFromBatch"):
-        g[nid]["inputs"].update(batch_index=0, length=FRAMES)
+    for nid in _of_class(g, "EYM_SelectFrames"):
+        g[nid]["inputs"].update(frames=FRAMES, target_fps=0.0, start_frame=0)  # every frame of the test clips
     for nid in _of_class(g, "ImageScale"):
         g[nid]["inputs"].update(width=SIZE, height=SIZE)
     for nid in _of_class(g, "EYM_KeypointMask") + _of_class(g, "EYM_RenderPoses"):

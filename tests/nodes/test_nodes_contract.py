@@ -48,7 +48,7 @@ def test_mappings_exported(pack):
     expected = {
         "EYM_LoadVideoModel", "EYM_RCAttnPatch", "EYM_SaveTunedWeights", "EYM_LoadTunedWeights",
         "EYM_ExtractPoses", "EYM_RenderPoses", "EYM_AlignSkeleton", "EYM_MaskFrames", "EYM_KeypointMask",
-        "EYM_PersonMask", "EYM_ShuffleFrames", "EYM_UnshuffleFrames", "EYM_TuneStage1", "EYM_TuneStage2",
+        "EYM_PersonMask", "EYM_SelectFrames", "EYM_ShuffleFrames", "EYM_UnshuffleFrames", "EYM_TuneStage1", "EYM_TuneStage2",
         "EYM_DDIMInversion", "EYM_TwoBranchSampler", "EYM_STLStage1", "EYM_STLStage2", "EYM_SingleBranchSampler",
         "EYM_RepeatImageToClip",
     }

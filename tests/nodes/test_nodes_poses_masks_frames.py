@@ -40,7 +40,7 @@ def test_mappings_agree_and_are_prefixed():
             assert mid.startswith("EYM_") and m.NODE_DISPLAY_NAME_MAPPINGS[mid].startswith("EYM ")
     assert {mid for mid, _ in ALL_NODES} == {
         "EYM_ExtractPoses", "EYM_RenderPoses", "EYM_AlignSkeleton", "EYM_MaskFrames", "EYM_KeypointMask",
-        "EYM_PersonMask", "EYM_ShuffleFrames", "EYM_UnshuffleFrames",
+        "EYM_PersonMask", "EYM_SelectFrames", "EYM_ShuffleFrames", "EYM_UnshuffleFrames",
     }
 
 
@@ -243,6 +243,41 @@ def _tagged(n, h=8, w=8):
     poses = idx.view(n, 1, 1, 1).expand(n, h, w, 3) / 20
     mask = idx.view(n, 1, 1).expand(n, h, w) / 30
     return images.contiguous(), poses.contiguous(), mask.contiguous()
+
+
+def test_select_frames_takes_every_kth_frame_at_the_target_rate(caplog):
+    """48 frames of a 24 fps clip at 12 fps: frames 0, 2, ..., 94 of 96, playing at 12 fps."""
+    images, _, _ = _tagged(96)
+    tags = (images[:, 0, 0, 0] * 10).round().long()
+    out, fps, every = frame_nodes.SelectFrames().run(images, frames=48, target_fps=12.0, start_frame=0, fps=24.0)
+    assert (every, fps) == (2, 12.0) and torch.equal(out, images[0:96:2])
+    assert torch.equal((out[:, 0, 0, 0] * 10).round().long(), tags[0:96:2])
+    # 30 fps to 12: every 2nd (15 fps); to 8: every 4th (7.5 fps); from frame 5; at most 3 frames
+    out, fps, every = frame_nodes.SelectFrames().run(images, frames=3, target_fps=8.0, start_frame=5, fps=30.0)
+    assert (every, fps) == (4, 7.5) and torch.equal(out, images[[5, 9, 13]])
+    assert frame_nodes.SelectFrames().run(images, frames=0, target_fps=12.0, fps=30.0)[2] == 2
+    # a clip at or below the target rate, target 0, or no fps connected: every frame
+    for kw, rate in ((dict(fps=8.0), 8.0), (dict(fps=24.0, target_fps=0.0), 24.0), (dict(), 12.0)):
+        out, fps, every = frame_nodes.SelectFrames().run(images, **dict(dict(frames=10, target_fps=12.0), **kw))
+        assert every == 1 and fps == rate and torch.equal(out, images[:10])
+    # fewer frames than asked: all there are, and a warning that says which count to set on both nodes
+    with caplog.at_level(logging.WARNING, logger="edit_your_motion"):
+        out, _, _ = frame_nodes.SelectFrames().run(images, frames=48, target_fps=6.0, fps=24.0)
+    assert out.shape[0] == 24 and "only 24 frames" in caplog.text and "Set frames to 24" in caplog.text
+    with pytest.raises(InputError, match="start_frame is 96 but the clip has 96 frames"):
+        frame_nodes.SelectFrames().run(images, frames=8, target_fps=12.0, start_frame=96, fps=24.0)
+    with pytest.raises(InputError, match="images must be an IMAGE batch"):
+        frame_nodes.SelectFrames().run(images[0], frames=8)
+
+
+def test_frame_stride_known_answers():
+    from edit_your_motion.motion_core.method.frames import frame_stride, select_frames
+
+    assert [frame_stride(f, 12.0) for f in (24.0, 25.0, 29.97, 30.0, 60.0, 12.0, 10.0)] == [2, 2, 2, 2, 5, 1, 1]
+    assert frame_stride(None, 12.0) == frame_stride(float("nan"), 12.0) == frame_stride(24.0, 0.0) == 1
+    assert select_frames(10, 3).tolist() == [0, 3, 6, 9] and select_frames(10, 3, 2, 1).tolist() == [1, 4]
+    with pytest.raises(InputError, match="every_nth must be at least 1"):
+        select_frames(10, 0)
 
 
 def test_shuffle_applies_one_permutation_and_unshuffle_restores():

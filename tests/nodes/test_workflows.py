@@ -635,8 +635,9 @@ def models_dir_empty(tmp_path, monkeypatch):
 
 
 def test_main_workflow_uses_paper_settings(defs):
-    """300 + 300 tuning steps at lr 3e-5, 50 DDIM steps for inversion and sampling, no guidance,
-    8 frames at 512x512, fixed seeds, the three prompts, fps from the source video."""
+    """300 + 300 tuning steps at lr 3e-5, 50 DDIM steps for inversion and sampling, no guidance, 512x512,
+    fixed seeds, the three prompts; 48 frames at about 12 fps in the paper's 8-frame windows, saved at the
+    rate of the source frames taken."""
     prompt = _load(_file("edit_your_motion_api.json"))
     by_type: dict = {}
     for nid, node in prompt.items():
@@ -647,12 +648,25 @@ def test_main_workflow_uses_paper_settings(defs):
     ((_, inv),) = by_type["EYM_DDIMInversion"]
     ((_, smp),) = by_type["EYM_TwoBranchSampler"]
     assert inv["steps"] == smp["steps"] == 50 and inv["guidance"] == smp["guidance"] == 1.0
-    assert all(i["length"] == 8 for _, i in by_type["ImageFromBatch"]) and len(by_type["ImageFromBatch"]) == 2
+    # a real clip length (#15): 48 frames of each clip taken at about 12 fps, each with its own clip's fps,
+    # tuned, inverted and sampled in context windows of the paper's 8 frames
+    selects = by_type["EYM_SelectFrames"]
+    assert len(selects) == 2 and all((i["frames"], i["target_fps"], i["start_frame"]) == (48, 12.0, 0) for _, i in selects)
+    for _, i in selects:
+        video = prompt[i["fps"][0]]
+        assert video["class_type"] == "GetVideoComponents" and i["fps"][1] == 2 and i["images"] == [i["fps"][0], 0]
+    ((cid, context),) = by_type["EYM_ContextOptions"]
+    assert (context["window_length"], context["overlap"], context["fuse"]) == (8, 2, "pyramid")
+    for ctype in ("EYM_TuneStage1", "EYM_TuneStage2", "EYM_DDIMInversion", "EYM_TwoBranchSampler"):
+        ((_, inputs),) = by_type[ctype]
+        assert inputs["context"] == [cid, 0], ctype
     assert all((i["width"], i["height"], i["crop"]) == (512, 512, "center") for _, i in by_type["ImageScale"])
     texts = sorted(i["text"] for _, i in by_type["CLIPTextEncode"])
     assert len(texts) == 3 and len(set(texts)) == 3
+    # the video plays at the rate of the frames taken from the source
     ((_, create),) = by_type["CreateVideo"]
-    assert prompt[create["fps"][0]]["class_type"] == "GetVideoComponents" and create["fps"][1] == 2
+    (source_select,) = [nid for nid, i in selects if prompt[i["images"][0]]["inputs"]["video"][0] == "4"]
+    assert prompt["4"]["inputs"]["file"] == "eym_sample_astronaut.mp4" and create["fps"] == [source_select, 1]
     # the UI stores "fixed" after every seed, so re-queueing does not re-tune
     ui = _load(_file("edit_your_motion.json"))
     for node in ui["nodes"]:
@@ -861,10 +875,6 @@ def _stand_ins(clips: dict, saved: list) -> dict:
         assert isinstance(video, _Video)
         return video.frames, None, float(video.fps)
 
-    def from_batch(image, batch_index, length):
-        batch_index = min(image.shape[0] - 1, batch_index)
-        return (image[batch_index:batch_index + min(length, image.shape[0] - batch_index)].clone(),)
-
     def encode_text(text, clip):
         assert isinstance(clip, _StandInCLIP)
         return ([[tiny.encode_prompt(text), {}]],)
@@ -889,7 +899,6 @@ def _stand_ins(clips: dict, saved: list) -> dict:
         "ControlNetLoader": _node(controlnet_loader, ("CONTROL_NET",)),
         "LoadVideo": _node(load_video, ("VIDEO",)),
         "GetVideoComponents": _node(components, ("IMAGE", "AUDIO", "FLOAT")),
-        "ImageFromBatch": _node(from_batch, ("IMAGE",)),
         "ImageScale": _node(lambda **kw: (image_scale(**kw),), ("IMAGE",)),
         "CLIPTextEncode": _node(encode_text, ("CONDITIONING",)),
         "VAEEncode": _node(vae_encode, ("LATENT",)),
@@ -954,7 +963,7 @@ def test_api_workflow_runs_end_to_end(tmp_path, monkeypatch):
 
     prompt = _load(_file("edit_your_motion_api.json"))
     # CPU-sized run: 3 frames of 64x64, 2 tuning steps per stage, 3 DDIM steps
-    overrides = {"ImageFromBatch": {"length": 3}, "ImageScale": {"width": 64, "height": 64},
+    overrides = {"EYM_SelectFrames": {"frames": 3}, "ImageScale": {"width": 64, "height": 64},
                  "EYM_ExtractPoses": {"detect_resolution": 64}, "EYM_TuneStage1": {"steps": 2},
                  "EYM_TuneStage2": {"steps": 2}, "EYM_DDIMInversion": {"steps": 3}, "EYM_TwoBranchSampler": {"steps": 3}}
     for node in prompt.values():
@@ -966,7 +975,8 @@ def test_api_workflow_runs_end_to_end(tmp_path, monkeypatch):
     ref_video = _upstream(prompt, align, "LoadVideo", "reference")
     assert _upstream(prompt, sampler, "LoadVideo", "inverted_latent") == src_video != ref_video
     source = make_clip(5, 64, 80, "wave", seed=2)  # wider than tall: ImageScale crops the centre
-    reference = make_clip(4, 64, 64, "walk", seed=3)
+    # the reference at 24 fps gives every 2nd frame at the workflow's 12 fps, the source at 12.5 fps every frame
+    reference = make_clip(6, 64, 64, "walk", seed=3)
     clips = {prompt[src_video]["inputs"]["file"]: (source, 12.5), prompt[ref_video]["inputs"]["file"]: (reference, 24.0)}
 
     # random weights find nobody: report the synthetic figure's keypoints for whichever clip frame
@@ -1003,6 +1013,8 @@ def test_api_workflow_runs_end_to_end(tmp_path, monkeypatch):
         pose_nodes._DETECTORS.clear()
 
     assert calls == [3, 3]
+    ref_select = _upstream(prompt, align, "EYM_SelectFrames", "reference")
+    assert outputs[ref_select][1:] == (12.0, 2) and torch.equal(outputs[ref_select][0], reference.frames[[0, 2, 4]])
     ((video, prefix),) = saved
     frames = video.frames
     assert tuple(frames.shape) == (3, 64, 64, 3) and video.fps == 12.5
@@ -1062,7 +1074,7 @@ def test_api_workflow_runs_with_auto_and_no_openpose_file(tmp_path, monkeypatch,
     source = torch.stack([photo[16:400, 16 + 8 * i:400 + 8 * i] for i in range(4)])  # a slow pan
     reference = torch.stack([photo[0:448, 32 - 8 * i:480 - 8 * i].flip(1) for i in range(4)])  # mirrored, the other way
     prompt = _load(_file("edit_your_motion_api.json"))
-    overrides = {"ImageFromBatch": {"length": 3}, "ImageScale": {"width": 128, "height": 128},
+    overrides = {"EYM_SelectFrames": {"frames": 3}, "ImageScale": {"width": 128, "height": 128},
                  "EYM_TuneStage1": {"steps": 1}, "EYM_TuneStage2": {"steps": 1}, "EYM_DDIMInversion": {"steps": 2},
                  "EYM_TwoBranchSampler": {"steps": 2}}
     for node in prompt.values():

@@ -67,7 +67,7 @@ def test_v2_api_workflow_runs_end_to_end(stem, tmp_path, monkeypatch):
     tw._write_body_model(tmp_path)
 
     prompt = tw._load(tw._file(f"{stem}_api.json"))
-    overrides = {"ImageFromBatch": {"length": 3}, "ImageScale": {"width": 64, "height": 64},
+    overrides = {"EYM_SelectFrames": {"frames": 3}, "ImageScale": {"width": 64, "height": 64},
                  "EYM_ExtractPoses": {"detect_resolution": 64}, "EYM_STLStage1": {"steps": 2},
                  "EYM_STLStage2": {"steps": 2}, "EYM_DDIMInversion": {"steps": 3}, "EYM_SingleBranchSampler": {"steps": 3}}
     for node in prompt.values():
@@ -75,7 +75,7 @@ def test_v2_api_workflow_runs_end_to_end(stem, tmp_path, monkeypatch):
 
     image_source = stem.endswith("_image")
     source = make_clip(1 if image_source else 5, 64, 80, "wave", seed=2)  # wider than tall: cropped
-    reference = make_clip(4, 64, 64, "walk", seed=3)
+    reference = make_clip(6, 64, 64, "walk", seed=3)  # 24 fps: every 2nd frame at the workflow's 12 fps
     videos = {n["inputs"]["file"]: n for n in prompt.values() if n["class_type"] == "LoadVideo"}
     clips, images = {}, {}
     sampler = next(n for n, v in prompt.items() if v["class_type"] == "EYM_SingleBranchSampler")
@@ -122,7 +122,9 @@ def test_v2_api_workflow_runs_end_to_end(stem, tmp_path, monkeypatch):
         pose_nodes._DETECTORS.clear()
 
     ((video, prefix),) = saved
-    assert tuple(video.frames.shape) == (3, 64, 64, 3) and video.fps == (24.0 if image_source else 12.5)
+    # saved at the rate of the frames taken: the source's (every frame of 12.5 fps), or with an image the
+    # reference's (every 2nd frame of 24 fps)
+    assert tuple(video.frames.shape) == (3, 64, 64, 3) and video.fps == (12.0 if image_source else 12.5)
     assert torch.isfinite(video.frames).all() and video.frames.std() > 0
     (tuned,) = sorted((tmp_path / "edit_your_motion").rglob("*.safetensors"))
     with safe_open(str(tuned), framework="pt") as f:
