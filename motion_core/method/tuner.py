@@ -350,13 +350,15 @@ def _train(model, recipe, names, latents, text_embeddings, poses, config, callba
                 pred = model.predict(zt, t, text_embeddings, n, poses=step_poses, pose_order=pose_order,
                                      control_scale=config.control_scale, plan=plan)
             loss = recipe.loss(pred, noise, config)
-            optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(trained, config.max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
+            # The gradients are spent: freed here, not at the next backward, so the next step's forward
+            # (the ControlNet's included) runs without them.
+            optimizer.zero_grad(set_to_none=True)
             # Read the previous step's loss while this step runs: no per-step wait on the GPU.
             value = float(pending) if pending is not None else None
             if value is not None:
