@@ -578,9 +578,9 @@ def table(methods=("eym_v1", "eym_v2"), frames=(8, 16, 24, 48), resolutions=(512
     """Rows of the README table: per method, frame count and resolution, the peak live bytes of
     tuning (the larger stage), inversion and sampling with the defaults, and of tuning with each lever.
 
-    Activation offload is estimated for every row. 8-bit AdamW changes only the optimizer's state,
-    which is the same at every size: its saving is estimated once per method (at the first size)
-    and subtracted; "both" is the offload estimate minus that saving.
+    Activation offload and ControlNet offload are estimated for every row. 8-bit AdamW changes only the
+    optimizer's state, which is the same at every size: its saving is estimated once per method (at the
+    first size) and subtracted from the other levers' estimates ("adamw8bit+...").
     """
     rows, saving = [], {}
     for method in methods:
@@ -598,6 +598,9 @@ def table(methods=("eym_v1", "eym_v2"), frames=(8, 16, 24, 48), resolutions=(512
                 off = estimate(Job(method=method, frames=n, resolution=res, activation_offload=True), (stage,))
                 row["offload"] = off[stage].peak_bytes
                 row["adamw8bit+offload"] = row["offload"] - saving[method]
+                cn = estimate(Job(method=method, frames=n, resolution=res, controlnet_offload=True), (stage,))
+                row["controlnet_offload"] = cn[stage].peak_bytes
+                row["controlnet_offload+adamw8bit"] = row["controlnet_offload"] - saving[method]
                 ckpt = None
                 if n == frames[0] and res == resolutions[0]:
                     ckpt = estimate(Job(method=method, frames=n, resolution=res, gradient_checkpointing=False), (stage,))
@@ -625,7 +628,8 @@ def run(args) -> int:
 
     methods = ("eym_v1", "eym_v2") if args.method == "both" else (args.method,)
     if args.table:
-        levers = ("default", "adamw8bit", "offload", "adamw8bit+offload")
+        levers = ("default", "adamw8bit", "offload", "adamw8bit+offload", "controlnet_offload",
+                  "controlnet_offload+adamw8bit")
         rows = table(methods, progress=lambda r: print(
             f"{r['method']} {r['frames']} x {r['resolution']}: " + ", ".join(
                 f"{k} {_band(v)}" for k, v in r.items() if isinstance(v, int) and k not in ("frames", "resolution")),

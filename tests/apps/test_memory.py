@@ -231,3 +231,30 @@ def test_tuning_node_names_the_missing_library(monkeypatch, comfy_inference_mode
     with pytest.raises(InputError, match="pip install bitsandbytes"):
         tuning_nodes.TuneStage2().run(handle, d["latent"], d["cond"], d["src"].poses, 2, 1e-3, 0, "auto", True, 1.0,
                                       0.9, optimizer="adamw8bit")
+
+
+def test_table_rows_combine_the_levers_as_documented(monkeypatch):
+    """``bench --estimate-memory --table``: each lever column comes from its own estimate of the method's
+    larger stage, except 8-bit AdamW, whose saving (estimated once per method) is subtracted."""
+    from edit_your_motion.motion_core.apps import memory
+
+    seen = []
+
+    def fake(job, phases=memory.PHASES, **kw):
+        seen.append((job, tuple(phases)))
+        base = 1000 * job.frames + (300 if job.method == "eym_v2" else 0)
+        peak = (base - 70 * (job.optimizer == "adamw8bit") - 200 * job.activation_offload
+                - 50 * job.controlnet_offload + 900 * (not job.gradient_checkpointing) + 5 * (job.rollback == "device"))
+        return {p: memory.PhaseEstimate(p, peak + (1 if p == "stage2" else 0), 10) for p in phases}
+
+    monkeypatch.setattr(memory, "estimate", fake)
+    rows = memory.table(("eym_v2",), frames=(8, 16), resolutions=(512,))
+    first, second = rows
+    assert first["default"] == 8301 and first["adamw8bit"] == 8301 - 70
+    assert first["offload"] == 8101 and first["adamw8bit+offload"] == 8101 - 70
+    assert first["controlnet_offload"] == 8251 and first["controlnet_offload+adamw8bit"] == 8251 - 70
+    assert first["no checkpointing"] == 9201 and first["rollback on device"] == 8306
+    assert second["controlnet_offload+adamw8bit"] == 16251 - 70 and "no checkpointing" not in second
+    # the 8-bit saving is estimated once (first size), every lever on the larger stage (stage 2 for v2)
+    assert sum(j.optimizer == "adamw8bit" for j, _ in seen) == 1
+    assert all(p == ("stage2",) for j, p in seen if j.activation_offload or j.controlnet_offload)
