@@ -87,7 +87,8 @@ def test_node_declaration_is_consistent(node_id, cls):
                     assert opts.get("min", -float("inf")) <= opts["default"] <= opts.get("max", float("inf"))
             inputs[name] = section
     returns = cls.RETURN_TYPES
-    assert isinstance(returns, tuple) and all(r in PACK_TYPES | CORE_TYPES for r in returns), node_id
+    # primitive outputs (FLOAT, INT...) are ordinary ComfyUI outputs too (Get Video Components' fps)
+    assert isinstance(returns, tuple) and all(r in PACK_TYPES | CORE_TYPES | WIDGET_TYPES for r in returns), node_id
     assert len(cls.RETURN_NAMES) == len(returns)
     if hasattr(cls, "OUTPUT_TOOLTIPS"):
         assert len(cls.OUTPUT_TOOLTIPS) == len(returns)
