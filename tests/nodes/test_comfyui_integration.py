@@ -669,10 +669,10 @@ def test_object_info_lists_pack_nodes(server):
                 assert entry["output_name"] == list(cls.RETURN_NAMES), name
             assert entry["display_name"] == display.get(name, name)
             assert entry["output_node"] == bool(getattr(cls, "OUTPUT_NODE", False)), name
-        # the pack's model folders are registered: the random body model is offered, first
+        # the pack's model folders are registered: after "auto", the random body model is offered
         model = info["EYM_ExtractPoses"]["input"]["optional"]["openpose_model"]
         choices = model[0] if isinstance(model[0], list) else model[1].get("options")
-        assert choices and choices[0] == OPENPOSE_NAME, model
+        assert choices and choices[0] == "auto" and OPENPOSE_NAME in choices[1:], model
         print(f"\n[eym] /object_info: {len(mappings)} EYM nodes, {len(info)} node types in all")
 
 
@@ -805,8 +805,11 @@ def test_interrupt_stops_tuning_within_a_step(server):
         assert end_event == "execution_interrupted", (end_event, H.history_error(entry))
         err = H.history_error(entry)
         assert err and err["event"] == "execution_interrupted" and err["node_type"] == "EYM_TuneStage1", err
-        steps = [b[0] - a[0] for a, b in zip(ticks, ticks[1:])
-                 if b[1] == a[1] + 1 and a[1] >= STAGE_SETUP_UNITS and b[0] <= t_int]
+        # seconds per step between successive messages; ComfyUI v0.21 throttles progress messages to changes
+        # of at least 0.5% of the bar (comfy.utils.PROGRESS_THROTTLE_MIN_PERCENT), so with a few hundred
+        # steps a message may cover two steps
+        steps = [(b[0] - a[0]) / (b[1] - a[1]) for a, b in zip(ticks, ticks[1:])
+                 if b[1] > a[1] and a[1] >= STAGE_SETUP_UNITS and b[0] <= t_int]
         assert steps, ticks
         step_s = max(steps)
         latency = t_end - t_int
@@ -817,7 +820,8 @@ def test_interrupt_stops_tuning_within_a_step(server):
               f"interrupted after step {at_interrupt} of {total} "
               f"({t_int - t_queue:.1f} s after queueing); ended {latency:.2f} s after POST /interrupt")
         print("[eym] websocket trace (s, type, node, value): " + "; ".join(map(str, trace[-12:])))
-        assert last <= at_interrupt + 1 < total + STAGE_SETUP_UNITS, (last, at_interrupt)
+        # no more than the step under way when the interrupt came (a throttled message may report 2 at once)
+        assert last <= at_interrupt + 2 < total + STAGE_SETUP_UNITS, (last, at_interrupt)
         assert latency <= 1.5 * step_s + 10.0, f"interrupt took {latency:.1f} s; one step takes {step_s:.1f} s"
         # the server is still usable and idle afterwards
         queue = H._get_json(server.port, "/queue")
