@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="long clips: frames per tuning step and per sampling window (default 8, the paper's clip)")
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="long clips: frames shared by sampling windows")
     p.add_argument("--fuse", default="pyramid", choices=FUSE_MODES, help="long clips: how overlapping windows are fused")
+    p.add_argument("--optimizer", default="adamw", choices=("adamw", "adamw8bit"),
+                   help="tuning optimizer: adamw (the paper's) or adamw8bit (bitsandbytes' 8-bit AdamW, a memory lever)")
     p.add_argument("--sample-window", type=int, default=None,
                    help="long clips: inversion and sampling windows of this length instead of --window (0: the whole "
                         "clip in one model call, the temporal layers over all frames), tuning still in --window")
@@ -68,6 +70,7 @@ def settings_from(args) -> P.Settings:
         s.ddim_steps = args.ddim_steps
     if s.stage_steps < 1 or s.ddim_steps < 1:
         raise SystemExit("--stage-steps and --ddim-steps must be >= 1")
+    s.optimizer = getattr(args, "optimizer", "adamw")
     window = getattr(args, "window", DEFAULT_LENGTH)
     overlap = getattr(args, "overlap", DEFAULT_OVERLAP)
     s.context = ContextOptions(window, overlap, getattr(args, "fuse", "pyramid"))
@@ -182,6 +185,7 @@ def _run_case(job) -> tuple[int, dict, dict]:
         # tuned in windows shorter than the clip: the window is part of what was tuned
         tuned_window = settings.context.window(frames) if settings.context is not None else frames
         window_tag = f"_window{tuned_window}" if tuned_window < frames else ""
+        window_tag += "" if settings.optimizer == "adamw" else f"_{settings.optimizer}"
         cache_file = Path(tuned_cache) / (f"seed{seed}_case{c}_frames{frames}{window_tag}_steps{settings.stage_steps}"
                                           f"_lr{settings.learning_rate:g}.pt")
         if cache_file.exists():

@@ -55,6 +55,8 @@ class Settings:
     #: inversion and sampling only, when set (``quality --sample-window``): e.g. tuning in windows while
     #: inversion and sampling run over the whole clip at once ("whole"); None: ``context``
     sample_context: object = None
+    #: the tuning optimizer: ``adamw`` (torch, the paper's) or ``adamw8bit`` (bitsandbytes, a memory lever)
+    optimizer: str = "adamw"
 
     @property
     def sampling_context(self):
@@ -136,7 +138,8 @@ class CaseInputs:
 def _tune(model, inputs: CaseInputs, settings: Settings, stage: int, *, masked: bool, prompt: torch.Tensor,
           lam: float = 0.9, shuffle: str = "per_step", names: list[str] | None = None, progress=None):
     cfg = TuneConfig(steps=settings.stage_steps, learning_rate=settings.learning_rate, seed=settings.seed,
-                     gradient_checkpointing=False, lam=lam, shuffle=shuffle, context=settings.context)
+                     gradient_checkpointing=False, lam=lam, shuffle=shuffle, context=settings.context,
+                     optimizer=settings.optimizer)
     latents = inputs.masked_latents if masked else inputs.latents
     # ``names``: a custom trainable set (Tune-A-Video trains attn1 and temporal together)
     tune_stage(model, stage, latents, prompt, inputs.source_hints, cfg,
@@ -269,7 +272,7 @@ def _tuned_v2(models, inputs, settings, variant, progress=None):
         model.load_tuned_state(inputs.cache[key])
     else:
         cfg = TuneConfig(learning_rate=settings.learning_rate, seed=settings.seed, gradient_checkpointing=False,
-                         context=settings.context)
+                         context=settings.context, optimizer=settings.optimizer)
         tune_v2(model, inputs.latents, inputs.masked_latents, inputs.source_hints, inputs.p_s, variant, cfg,
                 stage_steps=(settings.stage_steps, settings.stage_steps),
                 callback=None if progress is None else (lambda k, total, loss: progress()))

@@ -76,3 +76,5 @@ def test_quality_sample_window_sets_only_the_sampling_context():
     assert longer.as_dict()["sample_context"]["length"] == 16 and whole.as_dict()["sample_context"] == "whole"
     with pytest.raises(SystemExit, match="--sample-window"):
         settings(["--sample-window", "1"])
+    # the tuning optimizer (a memory lever measured in the world): the paper's AdamW unless asked
+    assert plain.optimizer == "adamw" and settings(["--optimizer", "adamw8bit"]).optimizer == "adamw8bit"
