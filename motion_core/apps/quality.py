@@ -48,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tuning optimizer: adamw (the paper's) or adamw8bit (bitsandbytes' 8-bit AdamW, a memory lever)")
     p.add_argument("--sample-window", type=int, default=None,
                    help="long clips: inversion and sampling windows of this length instead of --window (0: the whole "
-                        "clip in one model call, the temporal layers over all frames), tuning still in --window")
+                        "clip in one model call, the temporal layers over all frames), tuning still in --window; the overlap is "
+                        "--overlap, at most the window minus one")
     p.add_argument("--json", default=None, help="write the results as JSON here")
     p.add_argument("--output", default="quality_output", help="folder for the per-case grids and animations")
     p.add_argument("--weights", default=None, help="world base model file (default: the shipped one)")

@@ -132,14 +132,18 @@ def test_tuning_window_draws():
     assert perm[s: s + 8].tolist() == f
 
 
-@pytest.fixture(scope="module")
-def clip():
-    g = torch.Generator().manual_seed(0)
-    n = 12
+def _clip_inputs(n: int, seed: int) -> dict:
+    """Latents, pose images, reference poses and masks of an ``n``-frame clip drawn from ``seed``, and the prompts."""
+    g = torch.Generator().manual_seed(seed)
     return dict(n=n, lat=torch.randn(n, 4, 8, 8, generator=g), poses=torch.rand(n, 3, 64, 64, generator=g),
                 ref=torch.rand(n, 3, 64, 64, generator=g), masks=(torch.rand(n, 64, 64, generator=g) > 0.5).float(),
                 pc=tiny.encode_prompt("a boy"), ps=tiny.encode_prompt("a boy is dancing"),
                 pt=tiny.encode_prompt("a boy is jumping"), uncond=tiny.encode_prompt(""))
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return _clip_inputs(12, 0)
 
 
 def _act(model, seed=0):
@@ -181,12 +185,7 @@ def _equal(a, b):
 
 @pytest.fixture(scope="module")
 def short():
-    g = torch.Generator().manual_seed(3)
-    n = 3
-    return dict(n=n, lat=torch.randn(n, 4, 8, 8, generator=g), poses=torch.rand(n, 3, 64, 64, generator=g),
-                ref=torch.rand(n, 3, 64, 64, generator=g), masks=(torch.rand(n, 64, 64, generator=g) > 0.5).float(),
-                ps=tiny.encode_prompt("a boy is dancing"), pt=tiny.encode_prompt("a boy is jumping"),
-                uncond=tiny.encode_prompt(""))
+    return _clip_inputs(3, 3)
 
 
 @pytest.mark.parametrize("method,stage", [("eym_v1", 1), ("eym_v1", 2), ("eym_v2", 1), ("eym_v2", 2)])
