@@ -112,8 +112,9 @@ def _unet_encoder_half(prefix: str, cfg: dict) -> Tuple[List[Tuple[str, Shape]],
     return out, chans
 
 
-def sd15_unet_shapes(prefix: str = "model.diffusion_model.") -> List[Tuple[str, Shape]]:
-    cfg = _SD15_UNET
+def sd15_unet_shapes(prefix: str = "model.diffusion_model.", cfg: dict | None = None) -> List[Tuple[str, Shape]]:
+    """SD1.5 UNet layout; ``cfg`` overrides its sizes (keys of ``_SD15_UNET``) for a smaller model of the same layout."""
+    cfg = {**_SD15_UNET, **(cfg or {})}
     mc, emb, ctx = cfg["model_channels"], cfg["time_dim"], cfg["context_dim"]
     out, chans = _unet_encoder_half(prefix, cfg)
     ch = mc * cfg["channel_mult"][-1]

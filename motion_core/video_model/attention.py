@@ -26,6 +26,8 @@ from ..seeding import name_generator
 ATTENTION_MODES = ("rc", "bidirectional", "sparse_causal", "self")
 INJECTION_MODES = ("concat", "balanced")
 UNET_PARTS = ("down", "mid", "up")
+#: in a diffusers UNet parameter name: the spatial self-attention that RC-Attn reshapes and tuning trains
+SPATIAL_SELF_ATTENTION_KEY = ".attn1."
 
 
 def kv_frame_indices(num_frames: int, mode: str = "rc") -> torch.Tensor:

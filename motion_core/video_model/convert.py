@@ -2,9 +2,13 @@
 
 No hub access: the diffusers configs are built in code (SD1.5 shapes), and diffusers' own key
 mapping (``convert_ldm_unet_checkpoint`` / ``convert_controlnet_checkpoint``) does the renaming.
-Modules are created on the meta device and filled with cloned tensors (``assign=True``): no random
-initialisation, no sharing with the caller's tensors, and no inference-mode tensors (ComfyUI loads
-weights under ``torch.inference_mode()``; those cannot take part in training).
+Modules are created on the meta device and filled with the caller's tensors (``assign=True``): no
+random initialisation, and no inference-mode tensors (ComfyUI loads weights under
+``torch.inference_mode()``; those cannot take part in training). Frozen weights that need no
+conversion (same values, device and dtype) *share storage* with the caller's tensors through a plain
+tensor over the same memory: the host then holds one copy of the checkpoint, not two (#16 §3).
+Tensors that tuning writes into (``private``, e.g. RC-Attn's ``attn1``) are always copies of our own,
+so tuning never changes the caller's model.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint, convert_ldm_unet_checkpoint
 
 from ..errors import InputError, ModelError
+from .attention import SPATIAL_SELF_ATTENTION_KEY
 from .sd15 import controlnet_embedding_channels, unet_config
 
 LDM_UNET_PREFIX = "model.diffusion_model."
@@ -29,24 +34,57 @@ def _strip(state_dict: dict, prefix: str) -> dict:
     return dict(state_dict)
 
 
-def own_copy(src: torch.Tensor, device, dtype: torch.dtype) -> torch.Tensor:
-    """A plain tensor of our own holding ``src``'s values on ``device`` as ``dtype``.
+def plain_alias(t: torch.Tensor) -> torch.Tensor:
+    """A plain (not inference-mode) tensor over ``t``'s memory: no copy. Inference tensors cannot be
+    saved for backward, so a frozen weight that tuning's backward reads must not be one; the
+    inference flag belongs to the tensor, not to its storage."""
+    with torch.inference_mode(False):
+        out = torch.empty(0, dtype=t.dtype, device=t.device)
+        return out.set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+
+
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    try:
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # storage-less subclasses: compare the data itself
+        return a.data_ptr() == b.data_ptr()
+
+
+def converted(src: torch.Tensor, device, dtype: torch.dtype, share: bool) -> torch.Tensor:
+    """A plain tensor holding ``src``'s values on ``device`` as ``dtype``: ``src``'s own memory where
+    ``share`` and no conversion was needed, else memory of our own.
 
     ``src.to()`` runs first because ComfyUI's lazy parameters apply the model's patches (LoRAs)
     there; they may also ignore the requested device, dtype and copy, and hand back ComfyUI's own
-    inference-mode storage. The result is therefore converted again and cloned whenever it could
-    still be shared or is an inference tensor.
+    inference-mode storage. The result is therefore converted again; a result still in ``src``'s
+    memory is cloned unless ``share``, and an inference tensor becomes a plain one over its memory.
     """
     v = src.to(device=device, dtype=dtype)
     if type(v) is not torch.Tensor:
         v = v.as_subclass(torch.Tensor)
     v = v.detach().to(device=device, dtype=dtype)
-    if v.is_inference() or (v.device.type != "meta" and v.data_ptr() == src.data_ptr()):
-        v = v.clone()
-    return v
+    if v.device.type == "meta":
+        return v
+    if not share and _same_memory(v, src):
+        return v.clone()
+    return plain_alias(v) if v.is_inference() else v
 
 
-def _materialise(module_cls, config: dict, state: dict, what: str, dtype: torch.dtype, device) -> torch.nn.Module:
+def own_copy(src: torch.Tensor, device, dtype: torch.dtype) -> torch.Tensor:
+    """A plain tensor of our own (never ``src``'s memory) holding ``src``'s values on ``device`` as ``dtype``."""
+    return converted(src, device, dtype, share=False)
+
+
+def _trained_by_tuning(key: str) -> bool:
+    """Diffusers UNet keys that tuning writes into: RC-Attn's spatial self-attention (``attn1``; the
+    temporal layers and Motion Attention are added later and are ours from the start)."""
+    return SPATIAL_SELF_ATTENTION_KEY in key
+
+
+def _materialise(module_cls, config: dict, state: dict, what: str, dtype: torch.dtype, device,
+                 private=None) -> torch.nn.Module:
+    """``module_cls(**config)`` holding ``state``'s values; tensors whose key ``private`` accepts are
+    copies of our own, the others share the caller's memory where no conversion is needed."""
     with torch.device("meta"):
         module = module_cls(**config)
     expected = module.state_dict()
@@ -60,7 +98,7 @@ def _materialise(module_cls, config: dict, state: dict, what: str, dtype: torch.
             detail += ("; " if detail else "") + f"{len(wrong)} with other shapes (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})"
         raise ModelError(f"these weights are not an SD1.5 {what}: {detail}. Load an SD1.5 {what}.")
     with torch.inference_mode(False):
-        tensors = {k: own_copy(state[k], device, dtype) for k in expected}
+        tensors = {k: converted(state[k], device, dtype, share=not (private and private(k))) for k in expected}
         module.load_state_dict(tensors, strict=True, assign=True)
     del unexpected
     return module.eval().requires_grad_(False)
@@ -69,7 +107,9 @@ def _materialise(module_cls, config: dict, state: dict, what: str, dtype: torch.
 def unet_from_ldm(state_dict: dict, config: dict | None = None, dtype: torch.dtype = torch.float32,
                   device="cpu") -> UNet2DConditionModel:
     """A diffusers UNet from an LDM-layout state dict (``input_blocks.*``, optional
-    ``model.diffusion_model.`` prefix), SD1.5 config by default."""
+    ``model.diffusion_model.`` prefix), SD1.5 config by default. Its frozen weights share memory
+    with ``state_dict``'s tensors where ``dtype`` and ``device`` are theirs; the tensors tuning
+    trains are copies (see the module doc)."""
     config = dict(config or unet_config("sd15"))
     sd = _strip(state_dict, LDM_UNET_PREFIX)
     if "input_blocks.0.0.weight" not in sd:
@@ -82,14 +122,15 @@ def unet_from_ldm(state_dict: dict, config: dict | None = None, dtype: torch.dty
             f"this UNet takes {ctx}-wide text embeddings (SD1.5 takes {config['cross_attention_dim']}); load an SD1.5 checkpoint"
         )
     full = {LDM_UNET_PREFIX + k: v for k, v in sd.items()}
-    converted = convert_ldm_unet_checkpoint(full, config)
-    return _materialise(UNet2DConditionModel, config, converted, "UNet", dtype, device)
+    renamed = convert_ldm_unet_checkpoint(full, config)
+    return _materialise(UNet2DConditionModel, config, renamed, "UNet", dtype, device, private=_trained_by_tuning)
 
 
 def controlnet_from_ldm(state_dict: dict, unet_cfg: dict | None = None, dtype: torch.dtype = torch.float32,
                         device="cpu", size: str = "sd15") -> ControlNetModel:
     """A diffusers ControlNet from an LDM-layout ControlNet state dict (``input_hint_block.*``,
-    ``zero_convs.*``, optional ``control_model.`` prefix)."""
+    ``zero_convs.*``, optional ``control_model.`` prefix). Nothing of it is trained: its weights
+    share memory with ``state_dict``'s tensors where ``dtype`` and ``device`` are theirs."""
     sd = _strip(state_dict, LDM_CONTROLNET_PREFIX)
     if "input_hint_block.0.weight" not in sd:
         raise ModelError(
@@ -110,8 +151,8 @@ def controlnet_from_ldm(state_dict: dict, unet_cfg: dict | None = None, dtype: t
         raise ModelError(
             f"this ControlNet takes {cfg['conditioning_channels']}-channel hints; an openpose ControlNet takes RGB pose images"
         )
-    converted = convert_controlnet_checkpoint(sd, cfg)
-    return _materialise(ControlNetModel, cfg, converted, "ControlNet", dtype, device)
+    renamed = convert_controlnet_checkpoint(sd, cfg)
+    return _materialise(ControlNetModel, cfg, renamed, "ControlNet", dtype, device)
 
 
 def read_safetensors(path: str | os.PathLike, what: str, where: str) -> dict:

@@ -18,7 +18,7 @@ from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedd
 from torch import nn
 
 from ..video_model.attention import (
-    ATTENTION_MODES, UNET_PARTS, AttentionPlan, FrameAttention, FrameAttnProcessor, FrameContext, TemporalAttention,
+    ATTENTION_MODES, SPATIAL_SELF_ATTENTION_KEY, UNET_PARTS, AttentionPlan, FrameAttention, FrameAttnProcessor, FrameContext, TemporalAttention,
 )
 from ..video_model.motion_attention import MA_KEY, apply_motion_attention_at_skip_joins, attach_motion_attention, check_consumed
 from ..errors import InputError, ModelError
@@ -233,7 +233,7 @@ class MotionModel(nn.Module):
         projections), ``temporal`` (temporal layers), ``motion_attention`` (empty without MA)."""
         names = [n for n, _ in self.unet.named_parameters()]
         return {
-            "attn1": [n for n in names if ".attn1." in n and TEMPORAL_KEY not in n],
+            "attn1": [n for n in names if SPATIAL_SELF_ATTENTION_KEY in n and TEMPORAL_KEY not in n],
             "temporal": [n for n in names if f".{TEMPORAL_KEY}." in n],
             MA_KEY: [n for n in names if n.startswith(MA_KEY + ".")],
         }

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from edit_your_motion.motion_core.video_model import convert
 from edit_your_motion.motion_core.video_model.convert import _materialise, controlnet_from_ldm, own_copy, unet_from_ldm
 from edit_your_motion.motion_core.errors import ModelError
 from edit_your_motion.motion_core.video_model.model import MotionModel
@@ -85,3 +86,85 @@ def test_conversion_owns_plain_copies_even_of_lazy_inference_parameters():
     assert w.abs().sum() > 0  # training our copy never writes into the caller's model
     plain = torch.randn(4)
     assert own_copy(plain, "cpu", torch.float32).data_ptr() != plain.data_ptr()
+
+
+class _Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn1 = torch.nn.Linear(2, 3)  # trained by tuning (RC-Attn): a copy of our own
+        self.ff = torch.nn.Linear(3, 3)  # frozen: ComfyUI's memory
+
+    def forward(self, x):
+        return self.ff(self.attn1(x))
+
+
+class _Holder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = _Block()
+
+
+def test_frozen_weights_share_the_callers_memory_and_trained_ones_are_copied():
+    """#16 §3: the host keeps one copy of the checkpoint. Weights loaded under inference mode (as ComfyUI loads
+    them) become plain tensors over the same memory when no conversion is needed, so backward can save them;
+    the tensors tuning writes into are copies, and writing them leaves the caller's tensors as they were."""
+    with torch.inference_mode():
+        state = {k: torch.randn(s) for k, s in [("block.attn1.weight", (3, 2)), ("block.attn1.bias", (3,)),
+                                                ("block.ff.weight", (3, 3)), ("block.ff.bias", (3,))]}
+    before = {k: v.clone() for k, v in state.items()}
+    module = _materialise(_Holder, {}, state, "test", torch.float32, "cpu", private=convert._trained_by_tuning)
+    params = dict(module.named_parameters())
+    for k, p in params.items():
+        assert not p.is_inference() and torch.equal(p, state[k]), k
+        assert (p.data_ptr() == state[k].data_ptr()) == k.startswith("block.ff."), k
+    x = torch.randn(4, 2, requires_grad=True)
+    module.block(x).square().sum().backward()  # the shared frozen weight is saved for backward
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with torch.no_grad():
+        params["block.attn1.weight"].add_(1.0)  # what an optimizer step does
+    for k in state:
+        assert torch.equal(state[k], before[k]), k
+    # another dtype is a conversion: nothing is shared
+    halves = _materialise(_Holder, {}, state, "test", torch.bfloat16, "cpu", private=convert._trained_by_tuning)
+    assert not any(p.data_ptr() == state[k].data_ptr() for k, p in halves.named_parameters())
+    # a view into a larger storage is shared too (the storage, not the first element, decides)
+    with torch.inference_mode():
+        flat = torch.randn(20)
+    view = flat[5:14].view(3, 3)
+    alias = convert.converted(view, "cpu", torch.float32, share=True)
+    assert alias.data_ptr() == view.data_ptr() and torch.equal(alias, view) and not alias.is_inference()
+    assert convert.converted(view, "cpu", torch.float32, share=False).untyped_storage().data_ptr() \
+        != flat.untyped_storage().data_ptr()
+
+
+def test_converted_unet_shares_its_frozen_weights_and_tuning_leaves_the_source_unchanged():
+    """A tiny UNet of SD1.5's LDM layout, loaded under inference mode as ComfyUI loads it: every frozen
+    tensor of the diffusers UNet is the source's memory, every RC-Attn (attn1) tensor is a copy, and a
+    stage-1 tuning step (which trains attn1) and a stage-2 step (the temporal layers) change nothing in it."""
+    from edit_your_motion.motion_core.method.stages import tune_stage
+    from edit_your_motion.motion_core.method.tuner import TuneConfig
+    from edit_your_motion.motion_core.video_model.sd15 import unet_config
+
+    tiny = dict(model_channels=16, channel_mult=(1, 2, 2, 2), num_res_blocks=1, context_dim=32, time_dim=64)
+    shapes = harness.sd15_unet_shapes(prefix="", cfg=tiny)
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        state = {k: torch.randn(s, generator=gen) * 0.1 for k, s in shapes}
+    before = {k: v.clone() for k, v in state.items()}
+    source_memory = {v.untyped_storage().data_ptr() for v in state.values()}
+    with torch.inference_mode():  # ComfyUI runs nodes in inference mode
+        unet = unet_from_ldm(state, config=unet_config("tiny"))
+    params = dict(unet.named_parameters())
+    assert len(params) == len(state)
+    shared = {n for n, p in params.items() if p.untyped_storage().data_ptr() in source_memory}
+    trained = {n for n in params if ".attn1." in n}
+    assert trained and shared == set(params) - trained
+    model = MotionModel.from_unet(unet, None)
+    latents = torch.randn(2, 4, 8, 8, generator=gen)
+    text = torch.randn(1, 77, 32, generator=gen)
+    for stage in (1, 2):
+        untuned = model.tuned_state()
+        result = tune_stage(model, stage, latents, text, None, TuneConfig(steps=1, learning_rate=1e-2))
+        assert any(not torch.equal(v, untuned[n]) for n, v in result.state.items())  # the step trained something
+    for k in state:
+        assert torch.equal(state[k], before[k]), k

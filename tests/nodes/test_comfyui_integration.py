@@ -391,11 +391,11 @@ def _upstream(graph: dict, node_id: str, class_type: str) -> str:
     raise AssertionError(f"no {class_type} upstream of node {node_id} ({graph[node_id]['class_type']})")
 
 
-def load_workflow() -> dict:
-    assert WORKFLOW.is_file(), f"the API-format workflow {WORKFLOW} does not exist"
-    graph = json.loads(WORKFLOW.read_text("utf-8"))
+def load_workflow(path: Path = WORKFLOW) -> dict:
+    assert path.is_file(), f"the API-format workflow {path} does not exist"
+    graph = json.loads(path.read_text("utf-8"))
     assert isinstance(graph, dict) and all("class_type" in n and "inputs" in n for n in graph.values()), \
-        f"{WORKFLOW} is not an API-format workflow ({{id: {{class_type, inputs}}}})"
+        f"{path} is not an API-format workflow ({{id: {{class_type, inputs}}}})"
     return graph
 
 
@@ -431,9 +431,11 @@ def patch_workflow(graph: dict, base, tag: str, tune_steps=(1, 1), ddim_steps: i
         g[nid]["inputs"].update(width=0, height=0)  # the keypoints' canvas: the frames' size
     for nid in _of_class(g, "EYM_PersonMask"):
         g[nid]["inputs"]["method"] = "keypoints"  # the synthetic figure is no photograph for mediapipe
-    for nid, steps in zip(_of_class(g, "EYM_TuneStage1") + _of_class(g, "EYM_TuneStage2"), tune_steps):
+    stage1 = _of_class(g, "EYM_TuneStage1") + _of_class(g, "EYM_STLStage1")  # first version, later version
+    stage2 = _of_class(g, "EYM_TuneStage2") + _of_class(g, "EYM_STLStage2")
+    for nid, steps in zip(stage1 + stage2, tune_steps):
         g[nid]["inputs"]["steps"] = steps
-    for nid in _of_class(g, "EYM_DDIMInversion") + _of_class(g, "EYM_TwoBranchSampler"):
+    for nid in _of_class(g, "EYM_DDIMInversion") + _of_class(g, "EYM_TwoBranchSampler") + _of_class(g, "EYM_SingleBranchSampler"):
         g[nid]["inputs"]["steps"] = ddim_steps
     for nid in _of_class(g, "EYM_SaveTunedWeights"):
         g[nid]["inputs"]["filename_prefix"] = f"eym_it_{tag}"
@@ -459,7 +461,7 @@ def patch_workflow(graph: dict, base, tag: str, tune_steps=(1, 1), ddim_steps: i
                     else:
                         assert v[1] == 0, f"EYM_ExtractPoses has two outputs; a link asks for slot {v[1]}"
     ids = {
-        "stage1": _of_class(g, "EYM_TuneStage1")[0], "stage2": _of_class(g, "EYM_TuneStage2")[0],
+        "stage1": stage1[0], "stage2": stage2[0],
         "save_weights": _of_class(g, "EYM_SaveTunedWeights")[0], "save_video": _of_class(g, "SaveVideo")[0],
         "source_poses": src_extract, "reference_poses": ref_extract, "source_load": src_load,
     }
@@ -654,32 +656,42 @@ def _plain_controlnet_graph(base) -> dict:
     return g
 
 
+WORKFLOW_V2 = WORKFLOW.parent / "edit_your_motion_v2_api.json"
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads /proc (Linux)")
 def test_resident_memory_against_plain_sampling(base):
     """#16 §3, measured: (before the module's own server starts, so no other ComfyUI holds memory) the ComfyUI
-    process's peak resident memory (VmHWM) and what stays resident after
-    the run (VmRSS), for plain SD1.5 + ControlNet sampling and for the shipped first-version workflow (each
-    in a fresh server, same model files, 3 frames at 64x64). The issue's targets are peak <= baseline + 3 GB
-    and, after the run, baseline + the cached handle; they are printed with the figures (the README records
-    them), and the test asserts only that the measurement sees the pack's work."""
+    process's peak resident memory (VmHWM) and what stays resident after the run (VmRSS), for plain SD1.5 +
+    ControlNet sampling and for the shipped video workflows of both methods (each in a fresh server, same model
+    files, 3 frames at 64x64, fp32 weights on the CPU). The issue's targets are peak <= baseline + 3 GB and,
+    after the run, baseline + the cached handle; they are printed with the figures (the README records them).
+    Asserted: the measurement sees the pack's work, and the first version's peak stays within the target
+    (its frozen weights share ComfyUI's memory instead of copying it)."""
     tag = uuid.uuid4().hex[:8]
     figures = {}
     with _fresh_server(base) as s, _log_on_failure(s):
         _, entry, _ = _run(s, _plain_controlnet_graph(base))
         assert entry["status"]["status_str"] == "success", _describe(entry)
         figures["plain"] = _resident_bytes(s.proc.pid)
-    with _fresh_server(base) as s, _log_on_failure(s), _cleanup(base, tag):
-        graph, _ = patch_workflow(load_workflow(), base, tag)
-        _, entry, _ = _run(s, graph)
-        assert entry["status"]["status_str"] == "success", _describe(entry)
-        figures["eym_v1"] = _resident_bytes(s.proc.pid)
+    workflows = {"eym_v1": WORKFLOW, "eym_v2": WORKFLOW_V2} if WORKFLOW_V2.is_file() else {"eym_v1": WORKFLOW}
+    for method, path in workflows.items():
+        with _fresh_server(base) as s, _log_on_failure(s), _cleanup(base, tag):
+            graph, _ = patch_workflow(load_workflow(path), base, tag)
+            _, entry, _ = _run(s, graph)
+            assert entry["status"]["status_str"] == "success", _describe(entry)
+            figures[method] = _resident_bytes(s.proc.pid)
     gb = 2 ** 30
-    (p0, r0), (p1, r1) = figures["plain"], figures["eym_v1"]
-    print(f"\n[eym] resident memory (GiB), peak / after the run: plain SD1.5 + ControlNet sampling {p0 / gb:.2f} / "
-          f"{r0 / gb:.2f}; shipped eym_v1 workflow {p1 / gb:.2f} / {r1 / gb:.2f}; peak over the baseline "
-          f"{(p1 - p0) / gb:+.2f} (target +3), after the run {(r1 - r0) / gb:+.2f}")
-    assert p0 >= r0 > 0 and p1 >= r1 > 0
-    assert p1 > p0  # tuning holds more than sampling: the measurement sees the pack's work
+    p0, r0 = figures["plain"]
+    print(f"\n[eym] resident memory (GiB), peak / after the run: plain SD1.5 + ControlNet sampling {p0 / gb:.2f} / {r0 / gb:.2f}")
+    for method in workflows:
+        p1, r1 = figures[method]
+        print(f"[eym] shipped {method} workflow {p1 / gb:.2f} / {r1 / gb:.2f}; peak over the baseline "
+              f"{(p1 - p0) / gb:+.2f} (target +3), after the run {(r1 - r0) / gb:+.2f}")
+        assert p1 >= r1 > 0
+        assert p1 > p0  # tuning holds more than sampling: the measurement sees the pack's work
+    assert p0 >= r0 > 0
+    assert figures["eym_v1"][0] - p0 <= 3 * 10 ** 9, "the first version's peak exceeds plain sampling + 3 GB"
 
 
 def test_startup_log_clean(server):
