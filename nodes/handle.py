@@ -37,7 +37,9 @@ class MotionEngine:
         self.latent_scale = float(latent_scale)
         self.weight_dtype = weight_dtype
         self.managed = bridge.Managed(model)
-        self.base_state = model.tuned_state()  # the untuned tensors, to reset between handles
+        # The untuned tensors, to reset between handles: the model's own (no copy), which stay as they
+        # are because trained tensors are replaced, never written in place.
+        self.base_state = model.state_references()
         self._applied: tuple | None = None
 
     def apply(self, handle: "MotionHandle") -> None:

@@ -175,9 +175,14 @@ def _training_mode(model: MotionModel, names: list[str], config: TuneConfig):
     """
     params = dict(model.unet.named_parameters())
     trained = [params[n] for n in names]
-    # The copy that undoes a failed stage: on the host by default (it is read only on failure).
+    # What undoes a failed stage. The stage trains fresh copies (below) and never writes into the tensors
+    # the parameters held, so those stay as they were and are kept as they are (no copy), where they
+    # already are on the host or with rollback "device"; from a GPU with rollback "host" (the default),
+    # a host copy is kept and the device memory freed (it is read only on failure). Writing nothing in
+    # place also keeps every state sharing those tensors intact (the untuned ones, a handle's, ComfyUI's).
     host = torch.device("cpu")
-    before = {n: (params[n].detach().to(host, copy=True) if config.rollback == "host" else params[n].detach().clone())
+    before = {n: (params[n].detach().to(host, copy=True)
+                  if config.rollback == "host" and params[n].device.type != "cpu" else params[n].detach())
               for n in names}
     dtypes = {n: params[n].dtype for n in names}
     compute = dtype_of(config.precision)
@@ -194,8 +199,8 @@ def _training_mode(model: MotionModel, names: list[str], config: TuneConfig):
         raise InputError("precision fp16 is for GPUs; on the CPU use bf16 or fp32")
     old_compute, old_ckpt = model.compute_dtype, model.unet.is_gradient_checkpointing
     for n, p in zip(names, trained):
-        if p.dtype != torch.float32:  # resume from the float32 master where one stands for the stored value
-            p.data = model.master(n, p).detach().to(device=p.device, dtype=torch.float32, copy=True)
+        # fresh float32 storage to train (from the float32 master where one stands for a half-precision value)
+        p.data = model.master(n, p).detach().to(device=p.device, dtype=torch.float32, copy=True)
         p.requires_grad_(True)
     model.compute_dtype = compute
     if config.gradient_checkpointing:

@@ -22,6 +22,7 @@ from ..video_model.attention import (
 )
 from ..video_model.motion_attention import MA_KEY, apply_motion_attention_at_skip_joins, attach_motion_attention, check_consumed
 from ..errors import InputError, ModelError
+from .convert import plain_alias
 from .sd15 import SD15_LATENT_SCALE, SD15_SCHEDULER_CONFIG, validate_controlnet, validate_unet
 
 TEMPORAL_KEY = "temporal_attention"
@@ -271,19 +272,33 @@ class MotionModel(nn.Module):
                 self._masters[name] = value.detach().cpu()
 
     def load_tuned_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Write ``state`` (from :meth:`tuned_state`) into the UNet, keeping each parameter's dtype."""
+        """Put ``state``'s values (from :meth:`tuned_state`, :meth:`state_references` or a file) in the
+        UNet, keeping each parameter's dtype and device.
+
+        The parameters take the values' own memory where no conversion is needed, nothing is written
+        into the memory they held: trained tensors are replaced, never written in place (tuning trains
+        fresh copies, see :func:`~motion_core.method.tuner.tune`), so a state, the untuned tensors and
+        the model share memory instead of each holding a copy (#16 §3)."""
         params = dict(self.unet.named_parameters())
         allowed = set(self.trainable_parameter_names())
         unknown = [n for n in state if n not in allowed]
         if unknown:
             raise ModelError(f"tuned weights hold tensors this model does not train, e.g. {unknown[0]}")
-        with torch.no_grad():
+        for name, value in state.items():
+            if params[name].shape != value.shape:
+                raise ModelError(f"tuned tensor {name} has shape {tuple(value.shape)}; the model has {tuple(params[name].shape)}")
+        with torch.no_grad(), torch.inference_mode(False):
             for name, value in state.items():
                 p = params[name]
-                if p.shape != value.shape:
-                    raise ModelError(f"tuned tensor {name} has shape {tuple(value.shape)}; the model has {tuple(p.shape)}")
-                p.copy_(value.to(device=p.device, dtype=p.dtype))
+                v = value.detach().to(device=p.device, dtype=p.dtype)
+                p.data = plain_alias(v) if v.is_inference() else v
         self.keep_masters(state)
+
+    def state_references(self) -> dict[str, torch.Tensor]:
+        """Every trainable tensor itself (no copy), to put back later with :meth:`load_tuned_state`:
+        the values stay as they are because trained tensors are replaced, never written in place."""
+        params = dict(self.unet.named_parameters())
+        return {n: params[n].detach() for n in self.trainable_parameter_names()}
 
     # ----------------------------------------------------------------- ControlNet offload
     @contextmanager

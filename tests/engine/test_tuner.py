@@ -300,3 +300,39 @@ def test_run_v1_is_the_chain_of_its_parts(clip):
     assert [len(s.losses) for s in got.stages] == [2, 1]
     assert torch.equal(got.inverted, z_t) and torch.equal(got.edited, want.edited)
     assert torch.equal(got.reconstruction, want.reconstruction)
+
+
+def test_a_stage_trains_fresh_copies_and_writes_nothing_in_place(clip):
+    """#16 §3: the untuned tensors, a handle's state and the model share memory instead of each holding a
+    copy. That holds because a stage trains fresh copies and never writes into a tensor a parameter held:
+    references taken before keep their values, load_tuned_state puts them back without a copy, and a
+    cancelled stage puts back the very tensors it found."""
+    model = tiny.build_motion_model()
+    refs = model.state_references()
+    values = {n: v.clone() for n, v in refs.items()}
+    res = tune_stage1(model, clip["masked"], clip["emb"], clip["poses"], TuneConfig(steps=2, learning_rate=1e-2))
+    assert all(torch.equal(refs[n], values[n]) for n in refs)  # nothing written in place
+    params = dict(model.unet.named_parameters())
+    assert any(not torch.equal(params[n], values[n]) for n in res.state)  # the stage did train
+    model.load_tuned_state(refs)
+    params = dict(model.unet.named_parameters())
+    assert all(params[n].data_ptr() == refs[n].data_ptr() for n in refs)  # put back without a copy
+
+    class Stop(BaseException):
+        pass
+
+    def cancel(step, total, loss):
+        raise Stop()
+
+    with pytest.raises(Stop):
+        tune_stage1(model, clip["masked"], clip["emb"], clip["poses"], TuneConfig(steps=3, learning_rate=1e-2), cancel)
+    params = dict(model.unet.named_parameters())
+    assert all(params[n].data_ptr() == refs[n].data_ptr() and torch.equal(refs[n], values[n]) for n in refs)
+    # a state read in inference mode (ComfyUI reads files in it) is used in place and still trains
+    with torch.inference_mode():
+        read = {n: v.clone() for n, v in res.state.items()}
+    model.load_tuned_state(read)
+    assert not any(p.is_inference() for p in model.parameters())
+    assert dict(model.unet.named_parameters())[next(iter(read))].data_ptr() == next(iter(read.values())).data_ptr()
+    tune_stage2(model, clip["latents"], clip["emb"], clip["poses"], TuneConfig(steps=1, learning_rate=1e-2))
+    assert all(torch.equal(read[n], res.state[n]) for n in read)
