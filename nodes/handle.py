@@ -30,31 +30,51 @@ CATEGORY = "Edit-Your-Motion"
 
 
 class MotionEngine:
-    """One inflated UNet + ControlNet, shared by every handle derived from it."""
+    """One inflated UNet + ControlNet, shared by every handle derived from it.
+
+    It keeps no copy of the untuned tensors (#16 §3): RC-Attn's ``attn1`` is kept as the model's own
+    tensors from the checkpoint (ComfyUI's memory, where the conversion shares it), which stay as they
+    are because trained tensors are replaced, never written in place; the temporal layers and Motion
+    Attention start from a seeded initialisation, built afresh when a handle needs them untuned.
+    """
 
     def __init__(self, model: MotionModel, latent_scale: float, weight_dtype: torch.dtype):
         self.model = model
         self.latent_scale = float(latent_scale)
         self.weight_dtype = weight_dtype
         self.managed = bridge.Managed(model)
-        # The untuned tensors, to reset between handles: the model's own (no copy), which stay as they
-        # are because trained tensors are replaced, never written in place.
-        self.base_state = model.state_references()
+        parts = model.part_parameter_names()
+        refs = model.state_references()
+        self.base_state = {n: refs[n] for n in parts["attn1"]}  # the checkpoint's attn1 (no copy)
+        self.initialised = [n for part, names in parts.items() if part != "attn1" for n in names]
+        self._untuned = set(self.initialised)  # tensors the model holds with their initial values now
         self._applied: tuple | None = None
+
+    def untuned_state(self) -> dict[str, torch.Tensor]:
+        """Every trainable tensor as the untuned model holds it (the initial values built afresh)."""
+        return {**self.base_state, **self.model.initial_values(self.initialised)}
 
     def apply(self, handle: "MotionHandle") -> None:
         key = (id(handle.state), handle.attention_mode)
         if self._applied == key:
             return
+        state = handle.state or {}
         with torch.inference_mode(False):
             self.model.set_attention_mode(handle.attention_mode)
             self.model.load_tuned_state(self.base_state)
-            if handle.state:
-                self.model.load_tuned_state(handle.state)
+            stale = [n for n in self.initialised if n not in state and n not in self._untuned]
+            if stale:
+                self.model.load_tuned_state(self.model.initial_values(stale))
+            if state:
+                self.model.load_tuned_state(state)
+        self._untuned = {n for n in self.initialised if n not in state}
         self._applied = key
 
     def invalidate(self) -> None:
+        """The model's trainable tensors may have changed (a stage ran, or failed): the next
+        :meth:`apply` puts every one back."""
         self._applied = None
+        self._untuned = set()
 
 
 @dataclasses.dataclass(frozen=True)

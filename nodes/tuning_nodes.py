@@ -100,6 +100,9 @@ def run_tuning_node(stage: int, video_model, latent, conditioning, poses, cond_n
     emb = embedding(conditioning, cond_name)
     hint = pose_hint(poses, latents, "source_poses")
     config.start_step = handle.steps.get(stage, 0)  # continuing a tuned model draws fresh randomness
+    # The engine puts the model back itself after a failed stage (from the checkpoint's tensors, the initial
+    # values and the handle's state), so the stage keeps no rollback tensors (#16 §3).
+    config.rollback = "none"
     config.context = context_in(config.context)
     calls_per_step(latents.shape[0], config.context)  # refuses a bad context, or a 1-frame clip with one, before anything is unloaded
     if config.optimizer == "adamw8bit":

@@ -42,7 +42,11 @@ SHUFFLE_MODES = ("per_step", "fixed", "none")
 #: whose moments take 2 bytes per trained value instead of 8.
 OPTIMIZERS = ("adamw", "adamw8bit")
 #: Where the copy of the trained tensors kept to undo a failed or cancelled stage lives.
-ROLLBACKS = ("host", "device")
+#: What undoes a failed stage: ``host`` (default) and ``device`` keep the tensors the stage started from
+#: (on the host / where they are); ``none`` keeps nothing, for a caller that puts the model back itself
+#: (the nodes' engine does, from the untuned tensors and the handle's state): a failed stage then leaves
+#: the trained tensors as they were when it stopped.
+ROLLBACKS = ("host", "device", "none")
 BNB_INSTALL = "pip install bitsandbytes"
 
 #: ``callback(step, total_steps, loss)`` after every optimizer step; raise inside it to cancel.
@@ -180,13 +184,16 @@ def _training_mode(model: MotionModel, names: list[str], config: TuneConfig):
     # already are on the host or with rollback "device"; from a GPU with rollback "host" (the default),
     # a host copy is kept and the device memory freed (it is read only on failure). Writing nothing in
     # place also keeps every state sharing those tensors intact (the untuned ones, a handle's, ComfyUI's).
+    # With rollback "none" nothing is kept: the tensors the parameters held are dropped when the stage
+    # replaces them (and freed, unless a state or ComfyUI holds them).
     host = torch.device("cpu")
     before = {n: (params[n].detach().to(host, copy=True)
                   if config.rollback == "host" and params[n].device.type != "cpu" else params[n].detach())
-              for n in names}
+              for n in names} if config.rollback != "none" else {}
     dtypes = {n: params[n].dtype for n in names}
     compute = dtype_of(config.precision)
-    frozen_half = any(p.dtype in HALF for n, p in params.items() if n not in before)
+    training = set(names)
+    frozen_half = any(p.dtype in HALF for n, p in params.items() if n not in training)
     if compute == torch.float32 and frozen_half:
         raise InputError("precision fp32 needs the model's weights in float32; choose bf16 or fp16, or load the model in fp32")
     storage = model.storage_dtype
@@ -214,7 +221,7 @@ def _training_mode(model: MotionModel, names: list[str], config: TuneConfig):
         for n, p in zip(names, trained):
             p.requires_grad_(False)
             p.grad = None
-            if not ok:
+            if not ok and n in before:
                 p.data = before[n].to(p.device)
             if p.dtype != dtypes[n]:  # back to the storage dtype (the state was read before, in float32)
                 p.data = p.data.to(dtypes[n])

@@ -324,12 +324,29 @@ class TemporalAttention(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.attn = Attention(query_dim=dim, heads=heads, dim_head=head_dim, bias=False, out_bias=True)
+        self.reset_parameters(name)
+        # Not a submodule: the context is shared state, not weights.
+        object.__setattr__(self, "context", context)
+
+    @torch.no_grad()
+    def reset_parameters(self, name: str) -> None:
+        """The initial values (``name``: this layer's name in the UNet): seeded Q/K/V, zero output
+        projection, LayerNorm ones and zeros. Draws nothing from torch's global random state."""
         for proj in ("to_q", "to_k", "to_v"):
             seeded_linear_init_(getattr(self.attn, proj).weight, f"{name}.attn.{proj}.weight")
         nn.init.zeros_(self.attn.to_out[0].weight)
         nn.init.zeros_(self.attn.to_out[0].bias)
-        # Not a submodule: the context is shared state, not weights.
-        object.__setattr__(self, "context", context)
+        self.norm.reset_parameters()
+
+    def fresh(self, name: str) -> "TemporalAttention":
+        """A new layer of this one's shape holding the initial values (float32, on the host), built
+        without touching this one or torch's global random state."""
+        with torch.device("meta"):
+            new = TemporalAttention(self.norm.normalized_shape[0], self.attn.heads, self.attn.inner_dim // self.attn.heads,
+                                    self.context, name)
+        new.to_empty(device="cpu")
+        new.reset_parameters(name)
+        return new
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         f = self.context.num_frames

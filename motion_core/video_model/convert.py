@@ -7,8 +7,8 @@ random initialisation, and no inference-mode tensors (ComfyUI loads weights unde
 ``torch.inference_mode()``; those cannot take part in training). Frozen weights that need no
 conversion (same values, device and dtype) *share storage* with the caller's tensors through a plain
 tensor over the same memory: the host then holds one copy of the checkpoint, not two (#16 §3).
-Tensors that tuning writes into (``private``, e.g. RC-Attn's ``attn1``) are always copies of our own,
-so tuning never changes the caller's model.
+Tuning never changes the caller's model: it trains fresh copies of the tensors it trains and writes
+into no tensor in place (see :meth:`~motion_core.video_model.model.MotionModel.load_tuned_state`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint, convert_ldm_unet_checkpoint
 
 from ..errors import InputError, ModelError
-from .attention import SPATIAL_SELF_ATTENTION_KEY
 from .sd15 import controlnet_embedding_channels, unet_config
 
 LDM_UNET_PREFIX = "model.diffusion_model."
@@ -75,16 +74,8 @@ def own_copy(src: torch.Tensor, device, dtype: torch.dtype) -> torch.Tensor:
     return converted(src, device, dtype, share=False)
 
 
-def _trained_by_tuning(key: str) -> bool:
-    """Diffusers UNet keys that tuning writes into: RC-Attn's spatial self-attention (``attn1``; the
-    temporal layers and Motion Attention are added later and are ours from the start)."""
-    return SPATIAL_SELF_ATTENTION_KEY in key
-
-
-def _materialise(module_cls, config: dict, state: dict, what: str, dtype: torch.dtype, device,
-                 private=None) -> torch.nn.Module:
-    """``module_cls(**config)`` holding ``state``'s values; tensors whose key ``private`` accepts are
-    copies of our own, the others share the caller's memory where no conversion is needed."""
+def _materialise(module_cls, config: dict, state: dict, what: str, dtype: torch.dtype, device) -> torch.nn.Module:
+    """``module_cls(**config)`` holding ``state``'s values, in the caller's memory where no conversion is needed."""
     with torch.device("meta"):
         module = module_cls(**config)
     expected = module.state_dict()
@@ -98,7 +89,7 @@ def _materialise(module_cls, config: dict, state: dict, what: str, dtype: torch.
             detail += ("; " if detail else "") + f"{len(wrong)} with other shapes (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})"
         raise ModelError(f"these weights are not an SD1.5 {what}: {detail}. Load an SD1.5 {what}.")
     with torch.inference_mode(False):
-        tensors = {k: converted(state[k], device, dtype, share=not (private and private(k))) for k in expected}
+        tensors = {k: converted(state[k], device, dtype, share=True) for k in expected}
         module.load_state_dict(tensors, strict=True, assign=True)
     del unexpected
     return module.eval().requires_grad_(False)
@@ -108,8 +99,7 @@ def unet_from_ldm(state_dict: dict, config: dict | None = None, dtype: torch.dty
                   device="cpu") -> UNet2DConditionModel:
     """A diffusers UNet from an LDM-layout state dict (``input_blocks.*``, optional
     ``model.diffusion_model.`` prefix), SD1.5 config by default. Its frozen weights share memory
-    with ``state_dict``'s tensors where ``dtype`` and ``device`` are theirs; the tensors tuning
-    trains are copies (see the module doc)."""
+    with ``state_dict``'s tensors where ``dtype`` and ``device`` are theirs (see the module doc)."""
     config = dict(config or unet_config("sd15"))
     sd = _strip(state_dict, LDM_UNET_PREFIX)
     if "input_blocks.0.0.weight" not in sd:
@@ -123,7 +113,7 @@ def unet_from_ldm(state_dict: dict, config: dict | None = None, dtype: torch.dty
         )
     full = {LDM_UNET_PREFIX + k: v for k, v in sd.items()}
     renamed = convert_ldm_unet_checkpoint(full, config)
-    return _materialise(UNet2DConditionModel, config, renamed, "UNet", dtype, device, private=_trained_by_tuning)
+    return _materialise(UNet2DConditionModel, config, renamed, "UNet", dtype, device)
 
 
 def controlnet_from_ldm(state_dict: dict, unet_cfg: dict | None = None, dtype: torch.dtype = torch.float32,

@@ -294,6 +294,25 @@ class MotionModel(nn.Module):
                 p.data = plain_alias(v) if v.is_inference() else v
         self.keep_masters(state)
 
+    def initial_values(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The values the temporal layers and Motion Attention start from, for ``names`` among their
+        tensors, built afresh (float32, on the host) from their seeded initialisation: what a freshly
+        built model holds. The untuned tensors need no kept copy (#16 §3). RC-Attn's ``attn1`` comes
+        from the checkpoint and has no initial values here."""
+        wanted = set(names)
+        base = [n for n in wanted if f".{TEMPORAL_KEY}." not in n and not n.startswith(MA_KEY + ".")]
+        if base:
+            raise ModelError(f"{base[0]} comes from the checkpoint, not from an initialisation")
+        out: dict[str, torch.Tensor] = {}
+        layers = {n.split(f".{TEMPORAL_KEY}.")[0] + f".{TEMPORAL_KEY}" for n in wanted if f".{TEMPORAL_KEY}." in n}
+        for prefix in sorted(layers):
+            fresh = self.unet.get_submodule(prefix).fresh(prefix)
+            out.update({f"{prefix}.{k}": v for k, v in fresh.named_parameters() if f"{prefix}.{k}" in wanted})
+        if any(n.startswith(MA_KEY + ".") for n in wanted):
+            fresh = self.motion_attention.fresh(MA_KEY)
+            out.update({f"{MA_KEY}.{k}": v for k, v in fresh.named_parameters() if f"{MA_KEY}.{k}" in wanted})
+        return {n: v.detach() for n, v in out.items()}
+
     def state_references(self) -> dict[str, torch.Tensor]:
         """Every trainable tensor itself (no copy), to put back later with :meth:`load_tuned_state`:
         the values stay as they are because trained tensors are replaced, never written in place."""

@@ -170,6 +170,16 @@ class MotionAttentionAdapter(nn.Module):
         for m in list(self.down) + [self.mid]:
             m.zero_output()
 
+    def fresh(self, prefix: str = MA_KEY) -> "MotionAttentionAdapter":
+        """A new adapter of this one's shape holding the initial values (float32, on the host), built
+        without touching this one or torch's global random state."""
+        with torch.device("meta"):
+            new = MotionAttentionAdapter([m.proj_out.in_features for m in self.down], self.mid.proj_out.in_features,
+                                         self.mid.self_attn.heads, self.mid.context)
+        new.to_empty(device="cpu")
+        new.reset_parameters(prefix)
+        return new
+
 
 def _attention_heads(unet) -> int:
     for name, module in unet.named_modules():

@@ -245,7 +245,7 @@ def test_same_graph_same_seeds_same_result_after_a_restart(data):
     for global_seed in (11, 12):
         torch.manual_seed(global_seed)
         handle = load(data)
-        runs.append((handle.engine.base_state, stage1(data, handle).state))
+        runs.append((handle.engine.untuned_state(), stage1(data, handle).state))
     (base_a, tuned_a), (base_b, tuned_b) = runs
     assert all(torch.equal(base_a[k], base_b[k]) for k in base_a)  # the untuned temporal layers too
     assert all(torch.equal(tuned_a[k], tuned_b[k]) for k in tuned_a)
@@ -281,3 +281,37 @@ def test_permutation_with_shuffle_none_is_refused(data):
     perm = torch.tensor([2, 0, 1])
     with pytest.raises(InputError, match="shuffle is 'none'"):
         stage1(data, load(data), shuffle="none", permutation=perm)
+
+
+def test_the_engine_keeps_no_copy_and_puts_the_untuned_model_back_after_a_failed_stage(data):
+    """#16 §3: the engine holds the checkpoint's attn1 as the model's own tensors and rebuilds the temporal
+    layers' initial values instead of keeping a copy; the tuning nodes keep no rollback tensors. After a
+    stage 2 interrupted half-way (the temporal layers half-trained), the untuned and stage-1 handles still
+    give exactly what a fresh load gives."""
+    base = load(data)
+    engine = base.engine
+    untuned = engine.untuned_state()
+    params = dict(engine.model.unet.named_parameters())
+    assert set(untuned) == set(engine.model.trainable_parameter_names())
+    assert all(params[n].data_ptr() == v.data_ptr() for n, v in engine.base_state.items())  # no copy
+    assert all(torch.equal(params[n], v) for n, v in untuned.items())
+    tuned1 = stage1(data, base, steps=1)
+    original = bridge.Progress.step
+
+    def interrupt(self, n=1, loss=None):
+        if self.done == 1:
+            bridge.request_interrupt()
+        original(self, n, loss)
+
+    bridge.Progress.step = interrupt
+    try:
+        with pytest.raises(bridge.Interrupted):
+            stage2(data, tuned1, steps=5)
+    finally:
+        bridge.Progress.step = original
+    with activated(base) as model:
+        now = dict(model.unet.named_parameters())
+        assert all(torch.equal(now[n], v) for n, v in untuned.items())
+    again = stage2(data, tuned1, steps=2)
+    reference = stage2(data, stage1(data, load(data), steps=1), steps=2)
+    assert all(torch.equal(again.state[k], reference.state[k]) for k in reference.state)
