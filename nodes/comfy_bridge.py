@@ -72,6 +72,23 @@ def soft_empty_cache() -> None:
         torch.cuda.empty_cache()
 
 
+def return_freed_host_memory() -> bool:
+    """Hand the host memory freed since (a tuning stage's optimizer state, gradients, activations) back
+    to the system: glibc keeps freed blocks in its heap, where they still count as the process's
+    resident memory. True where it ran (Linux with glibc); elsewhere nothing happens."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True
+
+
 def _host_available() -> int | None:
     try:
         with open("/proc/meminfo") as fh:

@@ -132,6 +132,9 @@ def activated(handle: MotionHandle, memory_required: int = 0, keep_loaded: bool 
             engine.invalidate()
         if not keep_loaded:
             engine.managed.release()
+        # what the node freed (a stage's optimizer state and gradients, sampling's activations) goes back
+        # to the system instead of staying resident in the heap
+        bridge.return_freed_host_memory()
 
 
 # --------------------------------------------------------------------------- ComfyUI values

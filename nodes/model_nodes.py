@@ -94,7 +94,7 @@ class LoadVideoModel:
         progress.phase("building the video model (temporal layers" + (", Motion Attention)" if method == "eym_v2" else ")"))
         with torch.inference_mode(False):
             motion = MotionModel.from_unet(unet, cn, attention_mode=attention_mode, latent_scale=scale, method=method)
-        progress.phase("keeping a copy of the untuned weights")
+        progress.phase("handing the video model to ComfyUI's model management")
         engine = MotionEngine(motion, scale, dtype)
         log.info("Edit-Your-Motion video model ready (%s, %s weights, attention %s)", method, str(dtype).split(".")[-1],
                  attention_mode)
@@ -166,6 +166,7 @@ class SaveTunedWeights:
             model.set_attention_mode(handle.attention_mode)
             handle.engine.invalidate()
             path = save_tuned_weights(folder / name, model, handle.state, handle.steps)
+        bridge.return_freed_host_memory()  # the file's serialised copy is gone
         log.info("saved tuned weights to %s", path)
         return {"ui": {"text": [str(name)]}, "result": (handle,)}
 

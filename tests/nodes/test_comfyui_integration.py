@@ -674,10 +674,18 @@ def test_resident_memory_against_plain_sampling(base):
         _, entry, _ = _run(s, _plain_controlnet_graph(base))
         assert entry["status"]["status_str"] == "success", _describe(entry)
         figures["plain"] = _resident_bytes(s.proc.pid)
-    workflows = {"eym_v1": WORKFLOW, "eym_v2": WORKFLOW_V2} if WORKFLOW_V2.is_file() else {"eym_v1": WORKFLOW}
-    for method, path in workflows.items():
+    workflows = {"eym_v1": (WORKFLOW, "adamw")}
+    if WORKFLOW_V2.is_file():
+        workflows["eym_v2"] = (WORKFLOW_V2, "adamw")
+        has_bnb = subprocess.run([_comfy_python(), "-c", "import bitsandbytes"], capture_output=True).returncode == 0
+        if has_bnb:  # the documented switch: 8-bit AdamW on both tuning nodes
+            workflows["eym_v2 + adamw8bit"] = (WORKFLOW_V2, "adamw8bit")
+    for method, (path, optimizer) in workflows.items():
         with _fresh_server(base) as s, _log_on_failure(s), _cleanup(base, tag):
             graph, _ = patch_workflow(load_workflow(path), base, tag)
+            for node in graph.values():
+                if "optimizer" in node["inputs"]:
+                    node["inputs"]["optimizer"] = optimizer
             _, entry, _ = _run(s, graph)
             assert entry["status"]["status_str"] == "success", _describe(entry)
             figures[method] = _resident_bytes(s.proc.pid)

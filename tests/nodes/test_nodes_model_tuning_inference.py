@@ -315,3 +315,21 @@ def test_the_engine_keeps_no_copy_and_puts_the_untuned_model_back_after_a_failed
     again = stage2(data, tuned1, steps=2)
     reference = stage2(data, stage1(data, load(data), steps=1), steps=2)
     assert all(torch.equal(again.state[k], reference.state[k]) for k in reference.state)
+
+
+def test_the_nodes_give_freed_host_memory_back(data, monkeypatch, models_dir):
+    """After every use of the video model (a stage, inversion, sampling) and after saving weights, the host
+    memory freed there goes back to the system (glibc keeps freed blocks resident otherwise); on Linux
+    with glibc the call runs."""
+    calls = []
+    real = bridge.return_freed_host_memory
+    monkeypatch.setattr(bridge, "return_freed_host_memory", lambda: calls.append(real()) or True)
+    handle = load(data)
+    assert calls == []
+    tuned = stage1(data, handle, steps=1)
+    assert calls == [True]
+    with activated(tuned):
+        pass
+    assert calls == [True, True]
+    model_nodes.SaveTunedWeights().run(tuned, "trim")
+    assert calls == [True, True, True]
